@@ -1,0 +1,299 @@
+"""The build graph: ops, vertices and their digests.
+
+Theory of operation
+-------------------
+An *op* says what a step does (run a process, copy files, name a base image). A
+*vertex* is an op together with its inputs, which are vertices too, so a graph is
+a set of vertices reachable from one final vertex. Ops are frozen value types;
+their ``encode()`` gives the canonical form that a digest is computed over.
+
+A vertex's *digest* is sha256 over the canonical JSON of its op and the digests of
+its inputs, in order. It identifies the vertex inside one solve (two stages that
+run the same step on the same input share one vertex) but it is not a cache key:
+``FROM busybox`` names an image by its resolved manifest digest, which the
+frontend pins into the op, yet a vertex that reads the build context does not
+know the content it will read. The solver computes cache keys (solver.cachekey)
+from digests plus the content checksums that the worker reports.
+
+What a digest covers is exactly what ``encode()`` returns. ``VertexMeta`` (the
+display name, the stage, the Dockerfile lines) never enters a digest: renaming a
+stage or moving an instruction to another line must not invalidate anything.
+
+Inputs by op:
+- ImageSource, ScratchSource, ContextSource: no inputs.
+- ExecOp: inputs[0] is the root filesystem the process runs on.
+- FileOp: inputs[0] is the filesystem the actions change; a CopyAction reads
+  from inputs[action.source] (1 or more: the context or another stage's root).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from functools import cached_property
+from typing import Any, ClassVar
+
+import networkx as nx
+
+
+class GraphError(Exception):
+    """Misuse of the graph types: a bug in the caller, never the user's fault."""
+
+
+def canonical_json(value: Any) -> bytes:
+    """The one encoding that digests are computed over: sorted keys, no blanks."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    ).encode()
+
+
+def sha256_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class Op:
+    """Base of every op. Subclasses are frozen dataclasses of plain values."""
+
+    kind: ClassVar[str] = "op"
+
+    def encode(self) -> dict[str, Any]:
+        """The canonical form of the op: every field, plus the op's kind."""
+        encoded: dict[str, Any] = {"kind": self.kind}
+        for f in fields(self):
+            encoded[f.name] = _encode_value(getattr(self, f.name))
+        return encoded
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, Op | Action):
+        return value.encode()
+    if isinstance(value, tuple | list):
+        return [_encode_value(v) for v in value]
+    return value
+
+
+# --- sources -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageSource(Op):
+    """A base image from the local store, pinned to its manifest digest."""
+
+    kind: ClassVar[str] = "image"
+    ref: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class ScratchSource(Op):
+    """The empty filesystem of ``FROM scratch``."""
+
+    kind: ClassVar[str] = "scratch"
+
+
+@dataclass(frozen=True)
+class ContextSource(Op):
+    """The build context. Its result is the context directory itself, not a
+    snapshot; it is never cached. ``excludes`` holds the .dockerignore patterns
+    in order (a leading ``!`` re-includes)."""
+
+    kind: ClassVar[str] = "context"
+    name: str = "context"
+    excludes: tuple[str, ...] = ()
+
+
+# --- actions of a FileOp -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: ClassVar[str] = "action"
+
+    def encode(self) -> dict[str, Any]:
+        encoded: dict[str, Any] = {"kind": self.kind}
+        for f in fields(self):
+            encoded[f.name] = _encode_value(getattr(self, f.name))
+        return encoded
+
+
+@dataclass(frozen=True)
+class CopyAction(Action):
+    """COPY or ADD of ``sources`` (paths or wildcards, relative to the source
+    input's root) to ``dest`` (absolute; a trailing ``/`` means a directory).
+
+    ``chown`` is ``user[:group]`` as written (names are resolved against the
+    destination's /etc/passwd when the op runs); ``chmod`` an octal string.
+    ``unpack`` is ADD's rule: a local tar archive source is extracted.
+    ``source`` is the index of the op input to read from.
+    """
+
+    kind: ClassVar[str] = "copy"
+    sources: tuple[str, ...]
+    dest: str
+    source: int = 1
+    chown: str | None = None
+    chmod: str | None = None
+    unpack: bool = False
+    excludes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MkdirAction(Action):
+    """``mkdir -p`` of an absolute path, as WORKDIR does."""
+
+    kind: ClassVar[str] = "mkdir"
+    path: str
+    mode: int = 0o755
+    owner: str | None = None
+
+
+@dataclass(frozen=True)
+class MkfileAction(Action):
+    """Write a file with the given text (heredoc sources of COPY)."""
+
+    kind: ClassVar[str] = "mkfile"
+    path: str
+    data: str
+    mode: int = 0o644
+    owner: str | None = None
+
+
+# --- ops that change a filesystem ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExecOp(Op):
+    """Run a process on inputs[0] and keep what it writes.
+
+    ``env`` is the full environment the process sees, ``KEY=VALUE`` in order;
+    ``user`` is ``user[:group]`` as the stage's USER set it ("" is root).
+    """
+
+    kind: ClassVar[str] = "exec"
+    args: tuple[str, ...]
+    env: tuple[str, ...] = ()
+    cwd: str = "/"
+    user: str = ""
+    network: str = "host"
+
+
+@dataclass(frozen=True)
+class FileOp(Op):
+    """Filesystem edits without a container, applied in order to inputs[0]."""
+
+    kind: ClassVar[str] = "file"
+    actions: tuple[Action, ...]
+
+
+# --- vertices ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VertexMeta:
+    """What a person sees of a vertex; never part of a digest or cache key.
+
+    ``name`` is the progress line (``[build 2/4] RUN make``); ``stage`` the
+    stage name or index; ``lines`` the 1-based (first, last) Dockerfile lines
+    the step came from, for error frames; ``ignore_cache`` is --no-cache.
+    """
+
+    name: str = ""
+    stage: str = ""
+    lines: tuple[int, int] | None = None
+    ignore_cache: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class Vertex:
+    """An op with its inputs. Equal when their digests are equal."""
+
+    op: Op
+    inputs: tuple[Vertex, ...] = ()
+    meta: VertexMeta = field(default_factory=VertexMeta)
+
+    @cached_property
+    def digest(self) -> str:
+        return sha256_digest(
+            canonical_json(
+                {"op": self.op.encode(), "inputs": [v.digest for v in self.inputs]}
+            )
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vertex) and other.digest == self.digest
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
+    def __repr__(self) -> str:
+        return f"Vertex({self.op.kind}, {self.digest[7:19]}, {self.meta.name!r})"
+
+
+class BuildGraph:
+    """The vertices reachable from one or more final vertices, as a DAG.
+
+    Edges point from an input to the vertex that reads it, so a topological order
+    is an order in which vertices can run. Vertices with equal digests are one
+    node: the first one added keeps its meta.
+    """
+
+    def __init__(self, *finals: Vertex) -> None:
+        self._g: nx.DiGraph = nx.DiGraph()
+        self.finals: tuple[Vertex, ...] = ()
+        for final in finals:
+            self.add(final)
+
+    def add(self, final: Vertex) -> None:
+        stack = [final]
+        while stack:
+            vertex = stack.pop()
+            if vertex.digest in self._g:
+                continue
+            self._g.add_node(vertex.digest, vertex=vertex)
+            for inp in vertex.inputs:
+                stack.append(inp)
+        for vertex in self._walk(final):
+            for inp in vertex.inputs:
+                self._g.add_edge(inp.digest, vertex.digest)
+        self.finals = (*self.finals, self.vertex(final.digest))
+
+    def _walk(self, final: Vertex) -> Iterator[Vertex]:
+        seen: set[str] = set()
+        stack = [final]
+        while stack:
+            vertex = stack.pop()
+            if vertex.digest in seen:
+                continue
+            seen.add(vertex.digest)
+            yield vertex
+            stack.extend(vertex.inputs)
+
+    def vertex(self, digest: str) -> Vertex:
+        try:
+            return self._g.nodes[digest]["vertex"]
+        except KeyError:
+            raise GraphError(f"no vertex {digest} in the graph") from None
+
+    def __contains__(self, vertex: Vertex) -> bool:
+        return vertex.digest in self._g
+
+    def __len__(self) -> int:
+        return len(self._g)
+
+    def topological(self) -> list[Vertex]:
+        """Every vertex, inputs before the vertices that read them."""
+        return [self.vertex(d) for d in nx.lexicographical_topological_sort(self._g)]
+
+    def inputs(self, vertex: Vertex) -> list[Vertex]:
+        return [self.vertex(inp.digest) for inp in vertex.inputs]
+
+    def readers(self, vertex: Vertex) -> list[Vertex]:
+        """The vertices that take this one as an input."""
+        return [self.vertex(d) for d in self._g.successors(vertex.digest)]
+
+    def to_networkx(self) -> nx.DiGraph:
+        """A copy of the graph for export (DOT, JSON); nodes are digests."""
+        return self._g.copy()

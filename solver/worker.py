@@ -1,0 +1,47 @@
+"""What the solver needs from whoever executes ops: the worker interface.
+
+The solver imports neither snapshotter nor runtime. buildpy's worker implements
+this protocol with the two; the solver's tests use a fake worker.
+
+A *result* is an opaque string that the worker gives for a vertex it executed
+(for buildpy's worker: the name of a committed snapshot). The solver records it
+under the vertex's cache key and hands it back, unread, as an input of the vertex
+that reads it, or to ``exists`` when a later build finds the record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Protocol
+
+from solver.graph import Vertex
+
+# stream is 1 for stdout, 2 for stderr, as in BuildKit's VertexLog.
+LogSink = Callable[[int, bytes], Awaitable[None]]
+
+
+class Worker(Protocol):
+    async def content_checksum(self, vertex: Vertex) -> str | None:
+        """A digest of the outside content ``vertex`` reads that its op does not
+        name, or None when there is none.
+
+        For a FileOp copying from the context: the checksums of exactly the
+        files its sources select (after .dockerignore and excludes), with the
+        metadata the copy keeps. Called before the vertex runs, possibly for a
+        vertex that will then be found in the cache.
+        """
+        ...
+
+    async def exists(self, result: str) -> bool:
+        """Whether a result recorded by an earlier build is still usable."""
+        ...
+
+    async def execute(self, vertex: Vertex, inputs: Sequence[str], log: LogSink) -> str:
+        """Run ``vertex``'s op on the results of its inputs (in input order) and
+        return its result. Output of a process goes to ``log``. Raises
+        solver.errors.ExecutionError (or a subclass) when the step fails."""
+        ...
+
+    def cacheable(self, vertex: Vertex) -> bool:
+        """False for vertices whose result must never be recorded (the context)."""
+        ...
