@@ -1,0 +1,368 @@
+"""The scheduler: solve a build graph on one Trio nursery.
+
+Theory of operation
+-------------------
+A solve has two phases, each on its own nursery.
+
+1. Keys. Every vertex gets its cache key before anything runs. The worker's
+   content checksums do not depend on each other, so all of them are fetched at
+   once; then the keys are computed in topological order, inputs first
+   (``key(v) = cache_key(v, [key(i) for i in v.inputs], checksum(v))``).
+
+2. Resolution. Resolving a vertex means getting its result, from a cache record
+   (a *hit*) or by executing its op. It is driven from the final vertices
+   down. Each vertex has at most one *flight* per solve: a task, keyed by
+   digest, that the first reader to need the vertex starts and every later
+   reader joins by waiting on its Event. So a vertex shared by many readers is
+   resolved once, and independent inputs resolve at the same time.
+
+   A flight first looks up the record of its key (a cacheable vertex without
+   ``meta.ignore_cache`` only), and accepts it when ``worker.exists`` still
+   accepts its result. On a hit the flight ends: the vertex's inputs are not
+   resolved, since a cached result needs no input results. They are only
+   *probed*: looked up, never executed, so that a display can show every step
+   whose record is still there as cached. On a miss, with
+   ``fail_on_cache_miss`` the flight raises CacheMiss; otherwise it starts its
+   inputs' flights, waits for all of them, executes the op inside the ``jobs``
+   limiter and records the result under the key (cacheable vertices only; the
+   context is never recorded and always executed).
+
+   Lookups are memoised per digest too, so a vertex that is both probed and
+   resolved is looked up, and reported cached, once.
+
+Failure. Every task catches its own exceptions, so that nothing but Cancelled
+ever reaches the nursery (and solve() never raises a MultiError). The first
+failure is kept, wrapped in VertexFailed (a CacheMiss is kept as it is: it
+already names its vertex and has its own exit code), reported as VertexError,
+and the nursery is cancelled. Trio 0.22's ``cancel()`` takes no reason, so the
+solve keeps the reason itself ("canceled: <step> failed") and every vertex that
+was executing reports VertexCanceled with it. Later failures, usually caused by
+the cancellation, are dropped. solve() raises the kept failure only after the
+nursery has exited, that is after every task has finished its cleanup.
+Cancellation from outside and KeyboardInterrupt pass through unchanged.
+
+The cache store is SQLite: every call to it runs in ``trio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from solver.cachekey import cache_key, key_origin
+from solver.cachestore import CacheStore
+from solver.errors import CacheMiss, SolveError, VertexFailed
+from solver.graph import BuildGraph, Vertex
+from solver.progress import (
+    Event,
+    Reporter,
+    VertexCached,
+    VertexCanceled,
+    VertexDone,
+    VertexError,
+    VertexLog,
+    VertexStarted,
+    discard,
+)
+from solver.worker import Worker
+
+log = logging.getLogger("solver")
+
+# The reason executing vertices report when the cancellation came from outside.
+CANCELED_FROM_OUTSIDE = "build canceled"
+MISS_IGNORED = "cache disabled for this step (--no-cache)"
+
+
+@dataclass
+class VertexRecord:
+    """What happened to one vertex in a solve.
+
+    ``started``/``ended`` are time.time() values of its execution, None when it
+    was cached. ``miss_reason`` says why a cacheable vertex ran (see
+    CacheStore.explain_miss); None when it was cached or is never cached.
+    """
+
+    vertex: Vertex
+    key: str
+    cached: bool
+    result: str
+    started: float | None
+    ended: float | None
+    miss_reason: str | None = None
+
+
+@dataclass
+class SolveResult:
+    results: dict[str, str]  # vertex digest -> result, for every vertex resolved
+    records: dict[str, VertexRecord]  # vertex digest -> record
+
+    def result(self, vertex: Vertex) -> str:
+        try:
+            return self.results[vertex.digest]
+        except KeyError:
+            raise KeyError(
+                f"{vertex!r} was not resolved in this solve (a cached reader does "
+                "not resolve its inputs)"
+            ) from None
+
+
+class Solver:
+    """Solves build graphs with one worker and one cache store.
+
+    ``jobs`` bounds how many vertices execute at once, across every solve of
+    this solver (None: no bound). ``fail_on_cache_miss`` turns every execution
+    of a cacheable vertex into a CacheMiss.
+    """
+
+    def __init__(
+        self,
+        worker: Worker,
+        cache: CacheStore,
+        reporter: Reporter = discard,
+        jobs: int | None = None,
+        fail_on_cache_miss: bool = False,
+    ) -> None:
+        if jobs is not None and jobs < 1:
+            raise ValueError(f"jobs must be at least 1 or None, got {jobs}")
+        self.worker = worker
+        self.cache = cache
+        self.reporter = reporter
+        self.limiter = trio.CapacityLimiter(jobs) if jobs is not None else None
+        self.fail_on_cache_miss = fail_on_cache_miss
+
+    async def solve(self, *finals: Vertex) -> SolveResult:
+        """Resolve ``finals`` (and whatever they need); see the module docstring.
+
+        Raises VertexFailed for the first vertex that failed, CacheMiss with
+        ``fail_on_cache_miss``.
+        """
+        run = _Solve(self, BuildGraph(*finals))
+        await run.run()
+        return SolveResult(
+            results={d: r.result for d, r in run.records.items()},
+            records=dict(run.records),
+        )
+
+
+def _name(vertex: Vertex) -> str:
+    return vertex.meta.name or f"{vertex.op.kind} {vertex.digest[7:19]}"
+
+
+@dataclass
+class _Flight:
+    """One resolution (or lookup) of one vertex, which later callers join."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    result: str | None = None  # set before ``done``
+
+
+def _joined(flight: _Flight) -> str:
+    """The result of a flight whose ``done`` was set."""
+    assert flight.result is not None, "a flight is done only with a result"
+    return flight.result
+
+
+class _Solve:
+    """The state of one solve() call."""
+
+    def __init__(self, solver: Solver, graph: BuildGraph) -> None:
+        self.solver = solver
+        self.worker = solver.worker
+        self.graph = graph
+        self.contents: dict[str, str | None] = {}
+        self.keys: dict[str, str] = {}
+        self.records: dict[str, VertexRecord] = {}
+        self.flights: dict[str, _Flight] = {}
+        self.lookups: dict[str, _Flight] = {}
+        self.probed: set[str] = set()
+        self.failure: SolveError | None = None
+        self.cancel_reason = CANCELED_FROM_OUTSIDE
+        self.nursery: trio.Nursery | None = None
+
+    def report(self, event: Event) -> None:
+        self.solver.reporter(event)
+
+    async def run(self) -> None:
+        # Phase 1: content checksums, all at once, then keys, inputs first.
+        await self._in_nursery(self._start_checksums)
+        for vertex in self.graph.topological():
+            input_keys = [self.keys[i.digest] for i in vertex.inputs]
+            content = self.contents[vertex.digest]
+            self.keys[vertex.digest] = cache_key(vertex, input_keys, content)
+        # Phase 2: resolve the finals; flights start their inputs as needed.
+        await self._in_nursery(self._start_finals)
+
+    async def _in_nursery(self, start: Callable[[], None]) -> None:
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            start()
+        self.nursery = None
+        if self.failure is not None:
+            cause = (
+                self.failure.cause if isinstance(self.failure, VertexFailed) else None
+            )
+            raise self.failure from cause
+
+    def _start_checksums(self) -> None:
+        for vertex in self.graph.topological():
+            self._spawn(vertex, self._checksum, vertex)
+
+    def _start_finals(self) -> None:
+        for final in self.graph.finals:
+            self._flight(final)
+
+    # --- tasks and failure --------------------------------------------------------
+
+    def _spawn(
+        self, vertex: Vertex, fn: Callable[..., Awaitable[None]], *args: Any
+    ) -> None:
+        assert self.nursery is not None, "tasks start only inside a phase"
+        self.nursery.start_soon(self._guard, vertex, fn, *args)
+
+    async def _guard(
+        self, vertex: Vertex, fn: Callable[..., Awaitable[None]], *args: Any
+    ) -> None:
+        # Exception, not BaseException: Cancelled and KeyboardInterrupt must pass.
+        # Anything else a step raises is that step's failure, kept with its vertex.
+        try:
+            await fn(*args)
+        except Exception as exc:
+            self._fail(vertex, exc)
+
+    def _fail(self, vertex: Vertex, exc: Exception) -> None:
+        if self.failure is not None:
+            log.debug("dropping a later failure of %s: %r", _name(vertex), exc)
+            return
+        self.failure = exc if isinstance(exc, CacheMiss) else VertexFailed(vertex, exc)
+        self.cancel_reason = f"canceled: {_name(vertex)} failed"
+        self.report(VertexError(vertex, time.time(), exc))
+        assert self.nursery is not None
+        self.nursery.cancel_scope.cancel()
+
+    # --- phase 1 ------------------------------------------------------------------
+
+    async def _checksum(self, vertex: Vertex) -> None:
+        self.contents[vertex.digest] = await self.worker.content_checksum(vertex)
+
+    # --- phase 2: flights -----------------------------------------------------------
+
+    def _flight(self, vertex: Vertex) -> _Flight:
+        flight = self.flights.get(vertex.digest)
+        if flight is None:
+            flight = self.flights[vertex.digest] = _Flight()
+            self._spawn(vertex, self._resolve, vertex, flight)
+        return flight
+
+    async def _resolve(self, vertex: Vertex, flight: _Flight) -> None:
+        hit = await self._lookup(vertex)
+        if hit is not None:
+            for inp in self.graph.inputs(vertex):
+                self._probe(inp)
+            flight.result = hit
+            flight.done.set()
+            return
+        cacheable = self.worker.cacheable(vertex)
+        if cacheable and self.solver.fail_on_cache_miss:
+            raise CacheMiss(vertex)
+        # Start every input's flight before waiting for any, so they overlap.
+        joined = [self._flight(inp) for inp in self.graph.inputs(vertex)]
+        for input_flight in joined:
+            await input_flight.done.wait()
+        input_results = [_joined(input_flight) for input_flight in joined]
+        flight.result = await self._execute(vertex, input_results, cacheable)
+        flight.done.set()
+
+    async def _lookup(self, vertex: Vertex) -> str | None:
+        """The result of a usable record for ``vertex``, reported cached once."""
+        memo = self.lookups.get(vertex.digest)
+        if memo is not None:
+            await memo.done.wait()
+            return memo.result
+        memo = self.lookups[vertex.digest] = _Flight()
+        memo.result = await self._find_record(vertex)
+        memo.done.set()
+        return memo.result
+
+    async def _find_record(self, vertex: Vertex) -> str | None:
+        if not self.worker.cacheable(vertex) or vertex.meta.ignore_cache:
+            return None
+        key = self.keys[vertex.digest]
+        result: str | None = await trio.to_thread.run_sync(self.solver.cache.get, key)
+        if result is None:
+            return None
+        if not await self.worker.exists(result):
+            log.debug("record of %s names a result that is gone", _name(vertex))
+            return None
+        await trio.to_thread.run_sync(self.solver.cache.touch, key)
+        self.report(VertexCached(vertex, time.time()))
+        self.records[vertex.digest] = VertexRecord(
+            vertex, key, True, result, None, None
+        )
+        return result
+
+    def _probe(self, vertex: Vertex) -> None:
+        if vertex.digest in self.probed or vertex.digest in self.flights:
+            return
+        self.probed.add(vertex.digest)
+        self._spawn(vertex, self._probe_task, vertex)
+
+    async def _probe_task(self, vertex: Vertex) -> None:
+        # Stops at the first vertex without a usable record: nothing needs it.
+        if await self._lookup(vertex) is not None:
+            for inp in self.graph.inputs(vertex):
+                self._probe(inp)
+
+    # --- phase 2: execution -----------------------------------------------------
+
+    async def _execute(
+        self, vertex: Vertex, inputs: Sequence[str], cacheable: bool
+    ) -> str:
+        key = self.keys[vertex.digest]
+        input_keys = [self.keys[i.digest] for i in vertex.inputs]
+        content = self.contents[vertex.digest]
+        reason = await self._miss_reason(vertex, input_keys, content, cacheable)
+
+        async def sink(stream: int, data: bytes) -> None:
+            self.report(VertexLog(vertex, stream, data, time.time()))
+
+        async with AsyncExitStack() as stack:
+            if self.solver.limiter is not None:
+                await stack.enter_async_context(self.solver.limiter)
+            started, clock = time.time(), trio.current_time()
+            self.report(VertexStarted(vertex, started))
+            try:
+                result = await self.worker.execute(vertex, inputs, sink)
+            except (trio.Cancelled, KeyboardInterrupt):
+                self.report(VertexCanceled(vertex, time.time(), self.cancel_reason))
+                raise
+            ended = time.time()
+            self.report(VertexDone(vertex, ended, trio.current_time() - clock))
+        if cacheable:
+            origin = key_origin(vertex, input_keys, content)
+            await trio.to_thread.run_sync(self.solver.cache.put, key, result, origin)
+        self.records[vertex.digest] = VertexRecord(
+            vertex, key, False, result, started, ended, reason
+        )
+        return result
+
+    async def _miss_reason(
+        self,
+        vertex: Vertex,
+        input_keys: Sequence[str],
+        content: str | None,
+        cacheable: bool,
+    ) -> str | None:
+        if not cacheable:
+            return None
+        if vertex.meta.ignore_cache:
+            return MISS_IGNORED
+        reason: str = await trio.to_thread.run_sync(
+            self.solver.cache.explain_miss, vertex, input_keys, content
+        )
+        return reason
