@@ -1,0 +1,83 @@
+"""The frontend's one exception: something is wrong with the user's Dockerfile.
+
+Every problem the frontend finds is the user's input (syntax, an unknown
+instruction, a bad flag, a missing base image...), so there is a single class.
+A bug in the frontend surfaces as an ordinary Python exception instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+# Lines of context shown around the marked lines of a frame, as BuildKit does.
+_FRAME_CONTEXT = 1
+_RULE = "-" * 20
+
+
+class DockerfileError(Exception):
+    """A problem in a Dockerfile, pointing at the instruction that has it.
+
+    ``line``/``column`` are 1-based and 0 when the problem concerns the whole
+    file (an empty Dockerfile, an unknown --target given on the command line
+    points at nothing in particular). ``end_line`` is the last line of the
+    instruction. ``hint`` is a suggestion such as "did you mean RUN?".
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        filename: str = "Dockerfile",
+        line: int = 0,
+        column: int = 0,
+        end_line: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.message = message
+        self.filename = filename
+        self.line = line
+        self.column = column
+        self.end_line = end_line if end_line is not None else line
+        self.hint = hint
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.filename
+        if self.line:
+            where += f":{self.line}:{self.column or 1}"
+        text = f"{where}: {self.message}"
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+    def frame(self, source_text: str) -> str:
+        """The marked lines of ``source_text`` with a line of context each side.
+
+        Empty when the error points at no line.
+        """
+        if not self.line:
+            return ""
+        lines = source_text.splitlines()
+        first = max(1, self.line - _FRAME_CONTEXT)
+        last = min(len(lines), self.end_line + _FRAME_CONTEXT)
+        out = [_RULE]
+        for number in range(first, last + 1):
+            marker = ">>>" if self.line <= number <= self.end_line else "   "
+            # " %3d | " is BuildKit's layout (solver/errdefs/source.go).
+            out.append(f" {number:>3} | {marker} {lines[number - 1]}")
+        out.append(_RULE)
+        return "\n".join(out)
+
+
+def suggest(word: str, choices: Iterable[str]) -> str | None:
+    """``did you mean X?`` for the nearest of ``choices``, keeping word's case."""
+    options = list(choices)
+    lowered = {c.lower(): c for c in options}
+    match = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    if not match:
+        return None
+    best = lowered[match[0]]
+    if word.isupper():
+        best = best.upper()
+    return f"did you mean {best}?"

@@ -1,0 +1,689 @@
+"""Dockerfile text -> AST of instructions with source positions.
+
+Theory of operation
+-------------------
+Parsing follows BuildKit's parser (frontend/dockerfile/parser) rule for rule,
+because its golden files (tests/frontend/data/buildkit-parser) must come out
+byte for byte. It has three layers:
+
+1. Parser directives (``# syntax=``, ``# escape=``, ``# check=``) are read from
+   the leading comment block first, because the escape token changes how every
+   later line is read. The block ends at the first line that is not a
+   ``# key=value`` comment with a known key.
+2. The Lark grammar (dockerfile.lark, compiled once per escape token and cached
+   on disk) groups physical lines into instructions: continuation lines,
+   comments and blank lines inside a continuation, heredoc bodies. Heredocs are
+   context-sensitive (the terminator is a name read from the instruction), so
+   the post-lexer ``_LinePostLex`` renames the lines that belong to a heredoc
+   after it has seen the instruction line.
+3. Each instruction's *logical line* (continuations joined with nothing in
+   between, the escape token and its trailing blanks removed) is split into the
+   keyword, the leading ``--flags`` and the arguments, with one argument rule per
+   instruction (``_ARG_PARSERS``), as BuildKit's line parsers do.
+
+Positions are 1-based. ``end_line`` includes a heredoc's terminator line.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from lark import Lark, Token, Tree
+from lark.exceptions import LarkError
+
+from frontend.errors import DockerfileError
+
+KNOWN_DIRECTIVES = ("syntax", "escape", "check")
+
+_DIRECTIVE_RE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
+# Go's reWhitespace: what splits the keyword from the rest, and list words.
+_WHITESPACE_RE = re.compile(r"[\t\v\f\r ]+")
+_HEREDOC_RE = re.compile(r"^(\d*)<<(-?)([^<]*)$")
+_HEREDOC_KEYWORDS = frozenset({"run", "copy", "add"})
+
+
+@dataclass
+class Heredoc:
+    """A here-document: ``<<NAME`` on the instruction line, body below it.
+
+    ``content`` ends with a newline per body line; with ``<<-`` (``chomp``) the
+    leading tabs of every body line are already removed. ``expand`` is False
+    when the name was quoted (no variable expansion of the body).
+    """
+
+    name: str
+    content: str
+    expand: bool = True
+    chomp: bool = False
+    fd: int | None = None
+
+
+@dataclass
+class Instruction:
+    """One instruction: a node of BuildKit's AST.
+
+    ``keyword`` is lower-cased as written; ``args`` is the instruction's argument
+    list as BuildKit's ``Next`` chain holds it (for ONBUILD, a single nested
+    Instruction). ``original`` is the logical line.
+    """
+
+    keyword: str
+    args: list[str | Instruction]
+    flags: list[str] = field(default_factory=list)
+    json: bool = False
+    original: str = ""
+    heredocs: list[Heredoc] = field(default_factory=list)
+    start_line: int = 0
+    start_column: int = 0
+    end_line: int = 0
+    end_column: int = 0
+
+    @property
+    def lines(self) -> tuple[int, int]:
+        return (self.start_line, self.end_line)
+
+
+@dataclass
+class AST:
+    instructions: list[Instruction]
+    directives: dict[str, str]
+    escape: str = "\\"
+    filename: str = "Dockerfile"
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def start_line(self) -> int:
+        return self.instructions[0].start_line
+
+    @property
+    def end_line(self) -> int:
+        return self.instructions[-1].end_line
+
+
+# --- step 1: parser directives --------------------------------------------------
+
+
+def read_directives(text: str, filename: str = "Dockerfile") -> dict[str, str]:
+    """The parser directives of the leading comment block, keys lower-cased."""
+    found: dict[str, str] = {}
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw.rstrip("\r\n").lstrip()
+        match = _DIRECTIVE_RE.match(line)
+        if not match or match.group(1).lower() not in KNOWN_DIRECTIVES:
+            break
+        key, value = match.group(1).lower(), match.group(2)
+        if key in found:
+            raise DockerfileError(
+                f"only one {key} parser directive can be used",
+                filename=filename,
+                line=number,
+                column=1,
+            )
+        if key == "escape" and value not in ("\\", "`"):
+            raise DockerfileError(
+                f"invalid escape token {value!r}: expected ` or \\",
+                filename=filename,
+                line=number,
+                column=1,
+            )
+        found[key] = value
+    return found
+
+
+# --- step 2: the grammar --------------------------------------------------------
+
+
+@cache
+def _lark(escape: str) -> Lark:
+    """The compiled line grammar for one escape token.
+
+    ``cache=True`` keeps Lark's analysis in a temp file, so a fresh process
+    skips grammar compilation; ``@cache`` keeps the parser within a process.
+    """
+    grammar = resources.files("frontend").joinpath("dockerfile.lark").read_text()
+    grammar = grammar.replace("@ESC@", re.escape(escape))
+    return Lark(
+        grammar,
+        parser="lalr",
+        lexer="basic",
+        postlex=_LinePostLex(escape),
+        propagate_positions=True,
+        maybe_placeholders=False,
+        cache=True,
+    )
+
+
+def _strip_newline(text: str) -> str:
+    return text.rstrip("\r\n")
+
+
+def _trim_continuation(line: str, escape: str) -> tuple[str, bool]:
+    """Remove a trailing escape token; returns (line, ends_here)."""
+    match = _continuation_re(escape).search(line)
+    if match is None:
+        return line, True
+    return line[: match.start()] + (match.group(1) or ""), False
+
+
+@cache
+def _continuation_re(escape: str) -> re.Pattern[str]:
+    e = re.escape(escape)
+    return re.compile(rf"([^{e}]){e}[ \t\r]*$|^{e}[ \t\r]*$")
+
+
+class _LogicalLine:
+    """Joins the physical lines of one instruction as BuildKit does."""
+
+    def __init__(self, escape: str) -> None:
+        self.escape = escape
+        self.text = ""
+        self.parts = 0
+
+    def add(self, physical: str) -> None:
+        line = _strip_newline(physical)
+        if self.parts == 0:
+            line = line.lstrip()
+        self.parts += 1
+        self.text += _trim_continuation(line, self.escape)[0]
+
+
+class _UnterminatedHeredoc(Exception):
+    def __init__(self, name: str, line: int) -> None:
+        self.name, self.line = name, line
+
+
+class _LinePostLex:
+    """Renames line tokens whose role depends on the lines before them.
+
+    The grammar's comment explains the renamed terminals. State is local to
+    each ``process`` call, so one compiled parser serves concurrent parses.
+    """
+
+    always_accept = ()
+
+    def __init__(self, escape: str) -> None:
+        self.escape = escape
+
+    def process(self, stream: Iterator[Token]) -> Iterator[Token]:
+        logical: _LogicalLine | None = None
+        pending: list[Heredoc] = []
+        opened_at = 0
+        for token in stream:
+            if pending:
+                # A heredoc body: every line is text until the terminator.
+                candidate = _strip_newline(token.value)
+                if pending[0].chomp:
+                    candidate = candidate.lstrip("\t")
+                if candidate == pending[0].name:
+                    pending.pop(0)
+                    yield Token.new_borrow_pos("HEREDOC_END", token.value, token)
+                else:
+                    yield Token.new_borrow_pos("HEREDOC_LINE", token.value, token)
+                continue
+            if logical is not None:
+                renamed = {"COMMENT": "CONT_COMMENT", "BLANK": "CONT_BLANK"}
+                if token.type in renamed:
+                    yield Token.new_borrow_pos(renamed[token.type], token.value, token)
+                    continue
+                logical.add(token.value)
+                if token.type == "LINE":
+                    yield Token.new_borrow_pos("CONT_LAST", token.value, token)
+                    pending = heredocs_of_line(logical.text)
+                    opened_at = token.line
+                    logical = None
+                else:
+                    yield token
+                continue
+            if token.type == "CONT":
+                logical = _LogicalLine(self.escape)
+                logical.add(token.value)
+            elif token.type == "LINE":
+                line = _LogicalLine(self.escape)
+                line.add(token.value)
+                pending = heredocs_of_line(line.text)
+                opened_at = token.line
+            yield token
+        if pending:
+            raise _UnterminatedHeredoc(pending[0].name, opened_at)
+
+
+def heredocs_of_line(line: str) -> list[Heredoc]:
+    """The heredocs (without bodies) that an instruction line opens.
+
+    Only RUN, COPY and ADD in shell form (also under ONBUILD) take heredocs.
+    """
+    try:
+        keyword, _, rest = _split_command(line, "\\")
+    except DockerfileError:
+        return []
+    keyword = keyword.lower()
+    if keyword == "onbuild":
+        keyword, _, rest = _split_command(rest, "\\")
+        keyword = keyword.lower()
+    if keyword not in _HEREDOC_KEYWORDS or _json_array(rest) is not None:
+        return []
+    docs = []
+    for word in parse_words(line, "\\"):
+        doc = parse_heredoc(word)
+        if doc is not None:
+            docs.append(doc)
+    return docs
+
+
+def parse_heredoc(word: str) -> Heredoc | None:
+    """``<<NAME``, ``<<-NAME``, ``<<"NAME"``, ``3<<NAME`` as one word, or None."""
+    match = _HEREDOC_RE.match(word)
+    if match is None or not match.group(3):
+        return None
+    fd, chomp, name = match.groups()
+    quoted = len(name) >= 2 and name[0] == name[-1] and name[0] in "'\""
+    if quoted:
+        name = name[1:-1]
+    if not name or any(c.isspace() for c in name):
+        return None
+    return Heredoc(
+        name=name,
+        content="",
+        expand=not quoted,
+        chomp=chomp == "-",
+        fd=int(fd) if fd else None,
+    )
+
+
+# --- step 3: one logical line -> an Instruction ---------------------------------
+
+
+def _split_command(line: str, escape: str) -> tuple[str, list[str], str]:
+    """(keyword, flags, rest) of a logical line."""
+    parts = _WHITESPACE_RE.split(line.strip(), maxsplit=1)
+    if len(parts) < 2:
+        return parts[0], [], ""
+    rest, flags = _extract_flags(parts[1], escape)
+    return parts[0], flags, rest.strip()
+
+
+def _extract_flags(line: str, escape: str) -> tuple[str, list[str]]:
+    """Leading ``--flag`` words: quotes removed, escape pairs reduced.
+
+    Stops at the first word that does not start with ``--``; a lone ``--``
+    ends the flags and is dropped.
+    """
+    flags: list[str] = []
+    pos, n = 0, len(line)
+    while True:
+        while pos < n and line[pos].isspace():
+            pos += 1
+        if pos >= n:
+            return "", flags
+        if not line.startswith("--", pos):
+            return line[pos:], flags
+        word, quoted, quote = "", False, ""
+        while pos < n:
+            ch = line[pos]
+            if quote:
+                if ch == quote:
+                    quote = ""
+                    pos += 1
+                    continue
+            elif ch.isspace():
+                break
+            elif ch in "'\"":
+                quote, quoted = ch, True
+                pos += 1
+                continue
+            if ch == escape:
+                if pos + 1 == n:
+                    pos += 1
+                    quote = ""
+                    continue
+                pos += 1
+                ch = line[pos]
+            word += ch
+            pos += 1
+        if word == "--" and not quoted:
+            return line[pos:], flags
+        if word or quoted:
+            flags.append(word)
+
+
+def parse_words(rest: str, escape: str) -> list[str]:
+    """Split on blanks honouring quotes and escapes, which stay in the words."""
+    words: list[str] = []
+    word, quote, blank_ok, in_word = "", "", False, False
+    pos, n = 0, len(rest)
+    while pos < n:
+        ch = rest[pos]
+        if not in_word:
+            if ch.isspace():
+                pos += 1
+                continue
+            in_word = True
+        if not quote:
+            if ch.isspace():
+                if blank_ok or word:
+                    words.append(word)
+                word, blank_ok, in_word = "", False, False
+                pos += 1
+                continue
+            if ch in "'\"":
+                quote, blank_ok = ch, True
+            elif ch == escape:
+                if pos + 1 == n:
+                    pos += 1
+                    continue
+                word += ch
+                pos += 1
+                ch = rest[pos]
+            word += ch
+            pos += 1
+            continue
+        # Inside quotes: the escape token escapes anything except in '...'.
+        if ch == quote:
+            quote = ""
+        elif ch == escape and quote != "'":
+            if pos + 1 == n:
+                pos += 1
+                continue
+            word += ch
+            pos += 1
+            ch = rest[pos]
+        word += ch
+        pos += 1
+    if in_word and (blank_ok or word):
+        words.append(word)
+    return words
+
+
+class _NotStrings(Exception):
+    """A JSON array with an element that is not a string."""
+
+
+def _json_array(rest: str) -> list[str] | None:
+    """The strings of a JSON array, or None when ``rest`` is not one."""
+    rest = rest.lstrip()
+    if not rest.startswith("["):
+        return None
+    try:
+        value = json.loads(rest)
+    except ValueError:
+        return None
+    if not isinstance(value, list):
+        return None
+    if not all(isinstance(v, str) for v in value):
+        raise _NotStrings
+    return value
+
+
+_Parsed = tuple[list["str | Instruction"], bool]
+
+
+def _maybe_json(rest: str, escape: str) -> _Parsed:
+    if not rest:
+        return [], False
+    array = _json_array(rest)
+    if array is not None:
+        return list(array), True
+    return [rest], False
+
+
+def _maybe_json_list(rest: str, escape: str) -> _Parsed:
+    array = _json_array(rest)
+    if array is not None:
+        return list(array), True
+    return _whitespace_list(rest, escape)
+
+
+def _whitespace_list(rest: str, escape: str) -> _Parsed:
+    if not rest:
+        return [], False
+    return list(_WHITESPACE_RE.split(rest)), False
+
+
+def _string(rest: str, escape: str) -> _Parsed:
+    return ([rest] if rest else []), False
+
+
+def _words(rest: str, escape: str) -> _Parsed:
+    return list(parse_words(rest, escape)), False
+
+
+class _ArgError(Exception):
+    pass
+
+
+def _name_value(keyword: str) -> Callable[[str, str], _Parsed]:
+    """ENV and LABEL: ``k v`` (legacy) or ``k=v ...``, as triples k, v, sep."""
+
+    def parse(rest: str, escape: str) -> _Parsed:
+        words = parse_words(rest, escape)
+        if not words:
+            if keyword == "ENV":
+                raise _ArgError("ENV must have two arguments")
+            return [], False
+        if "=" not in words[0]:
+            parts = _WHITESPACE_RE.split(rest, maxsplit=1)
+            if len(parts) < 2:
+                raise _ArgError(f"{keyword} must have two arguments")
+            return [parts[0], parts[1], ""], False
+        out: list[str | Instruction] = []
+        for word in words:
+            if "=" not in word:
+                raise _ArgError(
+                    f"syntax error: can't find = in {word!r}, expected name=value"
+                )
+            name, value = word.split("=", 1)
+            out += [name, value, "="]
+        return out, False
+
+    return parse
+
+
+def _healthcheck(rest: str, escape: str) -> _Parsed:
+    parts = re.match(r"(\S*)\s*(.*)", rest, re.S)
+    assert parts is not None
+    kind, command = parts.group(1), parts.group(2)
+    if not kind:
+        return [], False
+    args, is_json = _maybe_json(command, escape)
+    return [kind, *args], is_json
+
+
+def _onbuild(rest: str, escape: str) -> _Parsed:
+    if not rest:
+        return [], False
+    return [_instruction_from_line(rest, escape)], False
+
+
+def _ignore(rest: str, escape: str) -> _Parsed:
+    return [""], False
+
+
+_ARG_PARSERS: dict[str, Callable[[str, str], _Parsed]] = {
+    "add": _maybe_json_list,
+    "arg": _words,
+    "cmd": _maybe_json,
+    "copy": _maybe_json_list,
+    "entrypoint": _maybe_json,
+    "env": _name_value("ENV"),
+    "expose": _whitespace_list,
+    "from": _whitespace_list,
+    "healthcheck": _healthcheck,
+    "label": _name_value("LABEL"),
+    "maintainer": _string,
+    "onbuild": _onbuild,
+    "run": _maybe_json,
+    "shell": _maybe_json,
+    "stopsignal": _string,
+    "user": _string,
+    "volume": _maybe_json_list,
+    "workdir": _string,
+}
+
+KEYWORDS = tuple(k.upper() for k in _ARG_PARSERS)
+
+
+def _instruction_from_line(line: str, escape: str) -> Instruction:
+    keyword, flags, rest = _split_command(line, escape)
+    keyword = keyword.lower()
+    parser = _ARG_PARSERS.get(keyword, _ignore)
+    try:
+        args, is_json = parser(rest, escape)
+    except _NotStrings:
+        raise _ArgError(
+            "when using JSON array syntax, arrays must be comprised of strings only"
+        ) from None
+    return Instruction(keyword, args, flags, is_json, original=line)
+
+
+# --- the walk over the parse tree ----------------------------------------------
+
+
+def parse(text: str, filename: str = "Dockerfile") -> AST:
+    """Parse a Dockerfile. Raises DockerfileError with the line at fault."""
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    directives = read_directives(text, filename)
+    escape = directives.get("escape", "\\")
+    try:
+        tree = _lark(escape).parse(text)
+    except _UnterminatedHeredoc as exc:
+        raise DockerfileError(
+            f"unterminated heredoc {exc.name}: no line {exc.name} ends it",
+            filename=filename,
+            line=exc.line,
+            column=1,
+        ) from None
+    except LarkError as exc:  # pragma: no cover - every line shape is accepted
+        line = getattr(exc, "line", 0)
+        raise DockerfileError(
+            f"syntax error: {exc}", filename=filename, line=line
+        ) from None
+    ast = AST([], directives, escape, filename)
+    for child in tree.children:
+        if isinstance(child, Tree):
+            ast.instructions.append(_instruction(child, escape, ast))
+    if not ast.instructions:
+        raise DockerfileError("file with no instructions", filename=filename)
+    return ast
+
+
+def _instruction(tree: Tree, escape: str, ast: AST) -> Instruction:
+    tokens = [t for t in tree.children if isinstance(t, Token)]
+    logical = _LogicalLine(escape)
+    for token in tokens:
+        if token.type == "CONT_BLANK":
+            ast.warnings.append(f"{ast.filename}:{token.line}: empty continuation line")
+        elif token.type != "CONT_COMMENT":
+            logical.add(token.value)
+    first = tokens[0]
+    last_token = _last_token(tree)
+    start_column = first.column + len(first.value) - len(first.value.lstrip())
+    try:
+        node = _instruction_from_line(logical.text, escape)
+    except _ArgError as exc:
+        raise DockerfileError(
+            str(exc),
+            filename=ast.filename,
+            line=first.line,
+            column=start_column,
+            end_line=last_token.line,
+        ) from None
+    docs = heredocs_of_line(logical.text)
+    bodies = [t for t in tree.children if isinstance(t, Tree)]
+    for doc, body in zip(docs, bodies, strict=False):
+        lines = [t.value for t in body.children[:-1]]
+        if doc.chomp:
+            lines = [line.lstrip("\t") for line in lines]
+        doc.content = "".join(
+            line if line.endswith("\n") else line + "\n" for line in lines
+        )
+    node.heredocs = docs
+    node.start_line, node.start_column = first.line, start_column
+    node.end_line = last_token.line
+    node.end_column = last_token.column + len(_strip_newline(last_token.value))
+    return node
+
+
+def _last_token(tree: Tree) -> Token:
+    for child in reversed(tree.children):
+        if isinstance(child, Token):
+            return child
+        if child.children:
+            return _last_token(child)
+    raise AssertionError("an instruction always has a line")
+
+
+# --- BuildKit's dump format -----------------------------------------------------
+
+
+def go_quote(text: str) -> str:
+    """Go's strconv.Quote: printable runes kept, the rest escaped."""
+    out = ['"']
+    named = {
+        "\a": "\\a",
+        "\b": "\\b",
+        "\f": "\\f",
+        "\n": "\\n",
+        "\r": "\\r",
+        "\t": "\\t",
+        "\v": "\\v",
+    }
+    for ch in text:
+        code = ord(ch)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch in named:
+            out.append(named[ch])
+        elif ch == " " or (
+            code >= 0x20 and unicodedata.category(ch)[0] in "LMNPS" and code != 0x7F
+        ):
+            out.append(ch)
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+        elif 0xDC80 <= code <= 0xDCFF:
+            # A surrogate escape: an invalid UTF-8 byte read with errors=
+            # "surrogateescape"; Go prints the byte.
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code <= 0xFFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
+
+
+def dump_instruction(node: Instruction) -> str:
+    text = node.keyword
+    if node.flags:
+        text += " [" + " ".join(go_quote(f) for f in node.flags) + "]"
+    for arg in node.args:
+        if isinstance(arg, Instruction):
+            text += " (" + dump_instruction(arg) + ")"
+        else:
+            text += " " + go_quote(arg)
+    return text.strip()
+
+
+def dump_ast(ast: AST) -> str:
+    """BuildKit's ``Node.Dump()`` of the whole file, plus the final newline."""
+    return "".join(f"({dump_instruction(n)})\n" for n in ast.instructions)
+
+
+def debug_ast(path: str | Path) -> str:
+    """What ``buildpy debug ast FILE`` prints: the dump with line ranges."""
+    path = Path(path)
+    ast = parse(path.read_text(errors="surrogateescape"), filename=path.name)
+    rows = []
+    for node in ast.instructions:
+        where = f"{node.start_line}:{node.start_column}-{node.end_line}"
+        rows.append(f"{where:<12} ({dump_instruction(node)})")
+        for doc in node.heredocs:
+            rows.append(f"{'':<12}   <<{doc.name}: {go_quote(doc.content)}")
+    return "\n".join(rows) + "\n"
