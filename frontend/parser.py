@@ -677,13 +677,7 @@ def dump_ast(ast: AST) -> str:
 
 
 def debug_ast(path: str | Path) -> str:
-    """What ``buildpy debug ast FILE`` prints: the dump with line ranges."""
+    """What ``buildpy debug ast FILE`` prints: the parse in BuildKit's golden format
+    (its parser tests' ``result`` files), so the two parsers can be diffed."""
     path = Path(path)
-    ast = parse(path.read_text(errors="surrogateescape"), filename=path.name)
-    rows = []
-    for node in ast.instructions:
-        where = f"{node.start_line}:{node.start_column}-{node.end_line}"
-        rows.append(f"{where:<12} ({dump_instruction(node)})")
-        for doc in node.heredocs:
-            rows.append(f"{'':<12}   <<{doc.name}: {go_quote(doc.content)}")
-    return "\n".join(rows) + "\n"
+    return dump_ast(parse(path.read_text(errors="surrogateescape"), filename=path.name))

@@ -11,9 +11,12 @@ import gzip
 import io
 import os
 import shutil
+import zlib
 from typing import BinaryIO, Literal, cast
 
 import pyzstd
+
+from snapshotter.errors import InvalidArchiveError
 
 Compression = Literal["gzip", "zstd", "none"]
 
@@ -103,6 +106,27 @@ def detect(prefix: bytes) -> Compression:
     return "none"
 
 
+class _Checked(io.RawIOBase):
+    """Reads a decompressor; a corrupt or truncated stream raises
+    InvalidArchiveError (the input's fault) instead of zlib's or zstd's own
+    exceptions, which callers would otherwise have to know one by one."""
+
+    def __init__(self, inner: BinaryIO, kind: Compression) -> None:
+        self._inner = inner
+        self._kind = kind
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        try:
+            data = self._inner.read(len(b))
+        except (zlib.error, EOFError, gzip.BadGzipFile, pyzstd.ZstdError) as exc:
+            raise InvalidArchiveError(f"corrupt {self._kind} data: {exc}") from None
+        b[: len(data)] = data
+        return len(data)
+
+
 def open_decompressed(f: BinaryIO) -> BinaryIO:
     """A readable stream of the decompressed content of ``f``.
 
@@ -113,7 +137,9 @@ def open_decompressed(f: BinaryIO) -> BinaryIO:
     raw = io.BufferedReader(_Prefixed(prefix, f), _CHUNK)
     kind = detect(prefix)
     if kind == "gzip":
-        return cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb"))
-    if kind == "zstd":
-        return cast(BinaryIO, pyzstd.ZstdFile(raw, mode="rb"))
-    return cast(BinaryIO, raw)
+        inner = cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb"))
+    elif kind == "zstd":
+        inner = cast(BinaryIO, pyzstd.ZstdFile(raw, mode="rb"))
+    else:
+        return cast(BinaryIO, raw)
+    return cast(BinaryIO, io.BufferedReader(_Checked(inner, kind), _CHUNK))

@@ -97,7 +97,5 @@ def test_bom_and_crlf() -> None:
 def test_debug_ast(tmp_path: Path) -> None:
     path = tmp_path / "Dockerfile"
     path.write_text("FROM a\nRUN <<EOF\nhi\nEOF\n")
-    assert debug_ast(path) == (
-        '1:1-1        (from "a")\n2:1-4        (run "<<EOF")\n'
-        '               <<EOF: "hi\\n"\n'
-    )
+    # Exactly BuildKit's dump: heredoc bodies are not part of it.
+    assert debug_ast(path) == '(from "a")\n(run "<<EOF")\n'

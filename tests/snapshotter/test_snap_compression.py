@@ -78,3 +78,19 @@ def test_unknown_kind_refused() -> None:
 def test_media_type_suffixes() -> None:
     """Suffixes complete the OCI layer media type."""
     assert MEDIA_TYPE_SUFFIX == {"gzip": "+gzip", "zstd": "+zstd", "none": ""}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x1f\x8b\x08\x00" + b"not deflate data at all" * 4,
+        b"\x28\xb5\x2f\xfd" + b"not a zstd frame" * 4,
+    ],
+    ids=["gzip", "zstd"],
+)
+def test_corrupt_stream_raises_invalid_archive(data: bytes) -> None:
+    """A corrupt download or tarball is the input's fault, in one exception type."""
+    from snapshotter.errors import InvalidArchiveError
+
+    with pytest.raises(InvalidArchiveError, match="corrupt"):
+        open_decompressed(io.BytesIO(data)).read()

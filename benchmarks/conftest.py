@@ -1,0 +1,2 @@
+# The benchmarks build with the same fixtures as the tests.
+from tests.conftest import buildpy, busybox, busybox_rootfs  # noqa: F401

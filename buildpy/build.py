@@ -1,0 +1,160 @@
+"""One build, start to end: the Dockerfile through the frontend into a plan, the
+plan through the solver with buildpy's worker, the result through the exporters.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+
+from buildpy.engine import Engine, host_platform
+from buildpy.errors import UsageError
+from buildpy.exporters import (
+    BuiltImage,
+    Output,
+    assemble_image,
+    write_archive,
+    write_rootfs_dir,
+    write_rootfs_tar,
+)
+from buildpy.progress import Display
+from buildpy.worker import BuildWorker
+from frontend import IgnoreMatcher, convert, read_dockerignore
+from runtime import find_executor
+from solver.scheduler import Solver, SolveResult
+
+
+@dataclass
+class BuildRequest:
+    context: Path
+    dockerfile: Path | None = None
+    tags: list[str] = field(default_factory=list)
+    build_args: dict[str, str] = field(default_factory=dict)
+    target: str | None = None
+    no_cache: bool = False
+    outputs: list[Output] = field(default_factory=list)
+    network: str = "host"
+    jobs: int | None = None
+    oci_runtime: str | None = None
+
+
+@dataclass
+class BuildResult:
+    image: BuiltImage
+    solve: SolveResult
+    names: list[str]
+    warnings: list[str]
+
+
+def _source_date_epoch(req: BuildRequest) -> int | None:
+    text = req.build_args.get("SOURCE_DATE_EPOCH") or os.environ.get(
+        "SOURCE_DATE_EPOCH"
+    )
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(
+            f"SOURCE_DATE_EPOCH must be a whole number: {text!r}"
+        ) from None
+
+
+def read_dockerfile(req: BuildRequest) -> tuple[Path, str]:
+    if not req.context.is_dir():
+        raise UsageError(f"build context {str(req.context)!r} is not a directory")
+    path = req.dockerfile or req.context / "Dockerfile"
+    try:
+        return path, path.read_text()
+    except FileNotFoundError:
+        raise UsageError(f"cannot read Dockerfile: {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read Dockerfile {path}: {exc}") from None
+
+
+def read_ignore_patterns(req: BuildRequest, dockerfile: Path) -> list[str]:
+    """``<Dockerfile>.dockerignore`` beside the Dockerfile wins over the context's
+    ``.dockerignore``, as in BuildKit."""
+    for candidate in (
+        dockerfile.with_name(dockerfile.name + ".dockerignore"),
+        req.context / ".dockerignore",
+    ):
+        if candidate.is_file():
+            return read_dockerignore(candidate.read_text())
+    return []
+
+
+async def run_build(engine: Engine, req: BuildRequest, display: Display) -> BuildResult:
+    with display.internal("[internal] load build definition from Dockerfile"):
+        dockerfile, text = read_dockerfile(req)
+        patterns = read_ignore_patterns(req, dockerfile)
+    plan = convert(
+        text,
+        filename=dockerfile.name,
+        build_args=req.build_args,
+        target=req.target,
+        resolve_image=engine.resolve_image,
+        dockerignore=patterns,
+        network=req.network,
+        no_cache=req.no_cache,
+        platform=host_platform(),
+    )
+    for warning in plan.warnings:
+        display.warn(warning)
+    epoch = _source_date_epoch(req)
+    executor = find_executor(req.oci_runtime, engine.root / "runc")
+    worker = BuildWorker(
+        engine,
+        context_dir=req.context.resolve(),
+        ignore=IgnoreMatcher(patterns) if patterns else None,
+        executor=executor,
+    )
+    solver = Solver(worker, engine.cache, reporter=display, jobs=req.jobs)
+    solved = await solver.solve(plan.final)
+    final = solved.result(plan.final)
+
+    outputs = req.outputs or [Output(type="image")]
+    names: list[str] = []
+    with display.internal("exporting to image"):
+        image = await trio.to_thread.run_sync(
+            lambda: assemble_image(engine, plan, final, source_date_epoch=epoch)
+        )
+        display.note("exporting to image", f"writing image {image.config_digest} done")
+        for out in outputs:
+            await trio.to_thread.run_sync(
+                lambda out=out: _export(engine, image, final, out, req, epoch, names)
+            )
+    return BuildResult(image=image, solve=solved, names=names, warnings=plan.warnings)
+
+
+def _export(
+    engine: Engine,
+    image: BuiltImage,
+    final: str,
+    out: Output,
+    req: BuildRequest,
+    epoch: int | None,
+    names: list[str],
+) -> None:
+    if out.type == "image":
+        for tag in req.tags + ([out.name] if out.name else []):
+            names.append(engine.images.tag(tag, image.manifest_digest))
+    elif out.type in ("oci", "docker"):
+        assert out.dest is not None
+        write_archive(
+            engine,
+            image,
+            Path(out.dest),
+            kind=out.type,
+            names=req.tags + ([out.name] if out.name else []),
+            compression=out.compression,
+        )
+    elif out.type == "tar":
+        assert out.dest is not None
+        write_rootfs_tar(engine, final, Path(out.dest), epoch)
+    elif out.type == "local":
+        assert out.dest is not None
+        write_rootfs_dir(engine, final, Path(out.dest), epoch)

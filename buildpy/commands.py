@@ -1,0 +1,248 @@
+"""What each command does, between the parsed flags and the engine.
+
+Imported only when a command runs, so that ``buildpy --help`` and a thin client
+stay cheap to start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from buildpy import errors
+from buildpy.build import BuildRequest, run_build
+from buildpy.cli import print_json
+from buildpy.engine import Engine, host_platform
+from buildpy.errors import InfraError, UsageError
+from buildpy.exporters import Output, _timestamp
+from buildpy.progress import Display, error_block, make_display
+from frontend import DockerfileError
+from runtime import ExecutorUnavailable
+from snapshotter.compression import open_decompressed
+from snapshotter.diff import write_tree
+from snapshotter.errors import SnapshotError
+from solver.errors import CacheMiss, ExecutionError, VertexFailed
+
+
+def source_frame(text: str, first: int, last: int, context: int = 1) -> str:
+    """BuildKit's frame of Dockerfile lines: numbered, the failing ones ``>>>``."""
+    lines = text.splitlines()
+    start = max(first - context, 1)
+    end = min(last + context, len(lines))
+    out = ["--------------------"]
+    for number in range(start, end + 1):
+        marker = ">>>" if first <= number <= last else "   "
+        out.append(f" {number:>3} | {marker} {lines[number - 1]}")
+    out.append("--------------------")
+    return "\n".join(out)
+
+
+def build(args: argparse.Namespace, root: Path | None) -> int:
+    mode = args.progress or os.environ.get("BUILDKIT_PROGRESS") or "auto"
+    if args.quiet:
+        mode = "quiet"
+    if mode not in ("auto", "plain", "tty", "quiet", "rawjson"):
+        raise UsageError(f"invalid progress mode {mode!r} (from BUILDKIT_PROGRESS)")
+    req = BuildRequest(
+        context=args.context,
+        dockerfile=args.file,
+        tags=list(args.tag),
+        build_args=dict(args.build_arg),
+        target=args.target,
+        no_cache=args.no_cache,
+        outputs=[Output.parse(o) for o in args.output],
+        network="host" if args.network == "default" else args.network,
+        jobs=args.jobs,
+        oci_runtime=args.oci_runtime,
+    )
+    display = make_display(mode)
+    try:
+        with Engine.open(root) as engine:
+            result = trio.run(run_build, engine, req, display)
+    except DockerfileError as exc:
+        display.close()
+        _print_dockerfile_error(req, exc)
+        return errors.EXIT_DOCKERFILE
+    except VertexFailed as exc:
+        display.close()
+        return _print_step_failure(req, display, exc)
+    except (SnapshotError, ExecutorUnavailable) as exc:
+        display.close()
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return errors.EXIT_INFRA
+    except BaseException:
+        display.close()
+        raise
+    display.close()
+    if mode == "quiet":
+        print(result.image.config_digest)
+    else:
+        for name in result.names:
+            print(f"naming to {name} done", file=sys.stderr)
+    return errors.EXIT_OK
+
+
+def _dockerfile_text(req: BuildRequest) -> str:
+    path = req.dockerfile or req.context / "Dockerfile"
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _print_dockerfile_error(req: BuildRequest, exc: DockerfileError) -> None:
+    text = _dockerfile_text(req)
+    if text and exc.line:
+        print(f"{exc.filename}:{exc.line}", file=sys.stderr)
+        print(exc.frame(text), file=sys.stderr)
+    print(f"ERROR: {exc}", file=sys.stderr)
+
+
+def _print_step_failure(req: BuildRequest, display: Display, exc: VertexFailed) -> int:
+    cause = exc.cause
+    vertex = exc.vertex
+    if isinstance(cause, CacheMiss):
+        print(f"ERROR: {cause}", file=sys.stderr)
+        return errors.EXIT_CACHE_MISS
+    block = error_block(display, vertex.digest)
+    if block:
+        print(block, file=sys.stderr)
+    text = _dockerfile_text(req)
+    if text and vertex.meta.lines:
+        first, last = vertex.meta.lines
+        name = (req.dockerfile or Path("Dockerfile")).name
+        print(f"{name}:{first}", file=sys.stderr)
+        print(source_frame(text, first, last), file=sys.stderr)
+    print(f"ERROR: {cause}", file=sys.stderr)
+    if isinstance(cause, ExecutionError) and cause.user_fault:
+        return errors.EXIT_STEP_FAILED
+    return errors.EXIT_INFRA
+
+
+# --- import ---------------------------------------------------------------------
+
+
+def import_image(args: argparse.Namespace, root: Path | None) -> int:
+    source: Path = args.source
+    if not source.exists():
+        raise UsageError(f"cannot import {source}: no such file or directory")
+    with Engine.open(root) as engine:
+        try:
+            with engine.content.writer() as w:
+                if source.is_dir():
+                    write_tree(source, w)  # type: ignore[arg-type]
+                else:
+                    with open(source, "rb") as raw:
+                        stream = open_decompressed(raw)
+                        while chunk := stream.read(1 << 20):
+                            w.write(chunk)
+                diff_id, size = w.commit()
+        except (OSError, SnapshotError) as exc:
+            raise UsageError(f"cannot import {source}: {exc}") from None
+        now = _timestamp(time.time())
+        os_name, arch = host_platform()
+        config: dict[str, Any] = {
+            "architecture": arch,
+            "os": os_name,
+            "created": now,
+            "config": _import_changes(args.change),
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+            "history": [{"created": now, "comment": f"Imported from {source.name}"}],
+        }
+        digest = engine.images.save(config, [(diff_id, size)])
+        try:
+            # Unpack now: a bad archive is refused here, not in the first build.
+            engine.image_snapshot(digest)
+        except SnapshotError as exc:
+            raise UsageError(f"cannot import {source}: {exc}") from None
+        name = engine.images.tag(args.name, digest)
+        manifest = engine.images.manifest(digest)
+    print(manifest["config"]["digest"])
+    print(f"imported {source} as {name}", file=sys.stderr)
+    return errors.EXIT_OK
+
+
+def _import_changes(changes: list[str]) -> dict[str, Any]:
+    """``--change 'CMD ["sh"]'``: instructions applied to an empty config, through
+    the frontend so that they mean exactly what they mean in a Dockerfile."""
+    if not changes:
+        return {}
+    from frontend import ResolvedImage, convert
+
+    def no_images(name: str) -> ResolvedImage:
+        raise LookupError(name)
+
+    text = "FROM scratch\n" + "\n".join(changes) + "\n"
+    try:
+        plan = convert(text, filename="--change", resolve_image=no_images)
+    except DockerfileError as exc:
+        raise UsageError(f"invalid --change: {exc}") from None
+    return dict(plan.config.get("config", {}))
+
+
+# --- images, inspect ------------------------------------------------------------
+
+
+def _ago(seconds: float) -> str:
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            n = int(seconds // size)
+            return f"{n} {unit}{'s' if n > 1 else ''} ago"
+    return "Less than a minute ago" if seconds >= 1 else "Less than a second ago"
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:.3g}{unit}"
+        size /= 1000
+    return f"{size:.3g}TB"
+
+
+def images(root: Path | None) -> int:
+    with Engine.open(root) as engine:
+        rows = []
+        for record in engine.images.list():
+            manifest = engine.images.manifest(record.digest)
+            size = sum(int(layer["size"]) for layer in manifest["layers"])
+            repo, _, tag = record.name.rpartition(":")
+            if "/" in tag:  # a registry port, not a tag
+                repo, tag = record.name, ""
+            image_id = manifest["config"]["digest"].removeprefix("sha256:")[:12]
+            rows.append(
+                (repo, tag, image_id, _ago(time.time() - record.created), _human(size))
+            )
+    header = ("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
+    for row in [header, *rows]:
+        print("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return errors.EXIT_OK
+
+
+def inspect(name: str, root: Path | None) -> int:
+    with Engine.open(root) as engine:
+        digest = engine.images.get(name)
+        manifest = engine.images.manifest(digest)
+        config = engine.images.config(manifest)
+        tags = [r.name for r in engine.images.list() if r.digest == digest]
+    print_json(
+        [
+            {
+                "Id": manifest["config"]["digest"],
+                "Digest": digest,
+                "RepoTags": tags,
+                "Manifest": manifest,
+                "Config": config,
+            }
+        ]
+    )
+    return errors.EXIT_OK
+
+
+__all__ = ["build", "import_image", "images", "inspect", "InfraError"]

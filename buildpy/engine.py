@@ -1,0 +1,141 @@
+"""An opened store: the content store, snapshots, images, cache records and context
+checksums over one state root, and the operations that span them (a manifest's
+layers as snapshots, a snapshot's layer as a blob)."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from buildpy.context import ContextHasher
+from buildpy.errors import ImageNotFound, InfraError
+from buildpy.images import ImageStore, normalize_ref
+from buildpy.state import State
+from frontend import ResolvedImage
+from snapshotter.compression import open_decompressed
+from snapshotter.content import ContentStore
+from snapshotter.diff import apply_layer, layer_is_empty, write_layer
+from snapshotter.errors import SnapshotError
+from snapshotter.overlay import Snapshotter
+from solver.cachestore import CacheStore
+
+# Snapshot names: base image layers are named by chain ID (OCI image spec,
+# "ChainID"), so two images that share their first layers share their snapshots.
+LAYER_PREFIX = "layer-"
+
+
+def chain_ids(diff_ids: list[str]) -> list[str]:
+    """ChainID(L0) = DiffID(L0); ChainID(L0..Ln) = sha256(ChainID(L0..Ln-1) + " " +
+    DiffID(Ln)), as the OCI image spec defines it."""
+    chain: list[str] = []
+    for diff_id in diff_ids:
+        if not chain:
+            chain.append(diff_id)
+        else:
+            text = f"{chain[-1]} {diff_id}".encode()
+            chain.append("sha256:" + hashlib.sha256(text).hexdigest())
+    return chain
+
+
+def host_platform() -> tuple[str, str]:
+    machine = platform.machine()
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(
+        machine, machine
+    )
+    return "linux", arch
+
+
+class Engine:
+    def __init__(self, state: State, *, verify_cache: bool = False) -> None:
+        self.state = state
+        self.root = state.root
+        self.content = ContentStore(state.root)
+        self.snapshots = Snapshotter(state.root, state.db)
+        self.images = ImageStore(state.db, self.content)
+        self.cache = CacheStore(state.db)
+        self.hasher = ContextHasher(state.db, verify=verify_cache)
+        with state.lock:
+            self.snapshots.init_schema()
+            self.images.init_schema()
+            self.cache.init_schema()
+            self.hasher.init_schema()
+
+    @classmethod
+    @contextmanager
+    def open(cls, root: Path | None, **kwargs: bool) -> Iterator[Engine]:
+        state = State.open(root)
+        try:
+            engine = cls(state, **kwargs)
+            engine.snapshots.cleanup_stale()
+            yield engine
+        finally:
+            state.close()
+
+    # --- images ---------------------------------------------------------------
+
+    def resolve_image(self, name: str) -> ResolvedImage:
+        """The frontend's image resolver: a name of the local store, pinned."""
+        try:
+            digest = self.images.get(name)
+        except ImageNotFound:
+            raise LookupError(name) from None
+        manifest = self.images.manifest(digest)
+        return ResolvedImage(
+            ref=normalize_ref(name), digest=digest, config=self.images.config(manifest)
+        )
+
+    def image_snapshot(self, manifest_digest: str) -> str:
+        """The committed snapshot holding an image's filesystem ("" when the image
+        has no layers), unpacking the layers that have no snapshot yet."""
+        manifest = self.images.manifest(manifest_digest)
+        config = self.images.config(manifest)
+        diff_ids = list(config.get("rootfs", {}).get("diff_ids", []))
+        layers = manifest.get("layers", [])
+        if len(diff_ids) != len(layers):
+            raise InfraError(
+                f"image {manifest_digest[:19]}: config lists {len(diff_ids)} layers, "
+                f"manifest {len(layers)}"
+            )
+        parent: str | None = None
+        for chain_id, diff_id, layer in zip(
+            chain_ids(diff_ids), diff_ids, layers, strict=True
+        ):
+            name = LAYER_PREFIX + chain_id.removeprefix("sha256:")
+            if not self.snapshots.exists(name):
+                blob = layer["digest"]
+
+                def fill(target: Path, blob: str = blob) -> None:
+                    with self.content.open(blob) as raw:
+                        apply_layer(open_decompressed(raw), target)
+
+                self.snapshots.create_committed(name, parent, fill)
+            self.images.record_layer(name, diff_id, int(layer["size"]))
+            parent = name
+        return parent or ""
+
+    def snapshot_layer(self, name: str) -> tuple[str | None, int]:
+        """The uncompressed layer of a committed snapshot: (diff ID, size), or
+        (None, 0) when the snapshot changed nothing. Written once, then recorded."""
+        known = self.images.layer_of(name)
+        if known is not None:
+            return known
+        fs = self.snapshots.fs_path(name)
+        if layer_is_empty(fs):
+            self.images.record_layer(name, None, 0)
+            return None, 0
+        with self.content.writer() as w:
+            write_layer(fs, w)  # type: ignore[arg-type]
+            digest, size = w.commit()
+        self.images.record_layer(name, digest, size)
+        return digest, size
+
+    def snapshot_exists(self, name: str) -> bool:
+        if name in ("", "context"):
+            return True
+        try:
+            return all(self.snapshots.exists(n) for n in self.snapshots.chain(name))
+        except SnapshotError:  # a broken chain is a missing result: rebuild it
+            return False

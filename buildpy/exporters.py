@@ -1,0 +1,340 @@
+"""Exporters: the final snapshot chain becomes an image (layers, config, manifest)
+in the local store, an OCI or Docker archive, or a root filesystem.
+
+Layers: a base image's layers are reused as they are (never rewritten); every step
+that changed something adds the diff of its upperdir; a step that changed nothing
+adds no layer, and its history entry is marked ``empty_layer``, as BuildKit does.
+Archives are written to a temporary file beside the destination and renamed into
+place, so an interrupted export leaves nothing half-written under the real name.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from buildpy.engine import LAYER_PREFIX, Engine
+from buildpy.errors import InfraError, UsageError
+from buildpy.images import (
+    LAYER_MEDIA,
+    MEDIA_INDEX,
+    MEDIA_MANIFEST,
+    normalize_ref,
+)
+from frontend import BuildPlan
+from snapshotter.compression import compress
+from snapshotter.diff import extract_tree, write_tree
+
+COMPRESSIONS = ("gzip", "zstd", "uncompressed")
+
+
+@dataclass(frozen=True)
+class Output:
+    """One ``-o`` value: ``type=oci,dest=x.tar,compression=zstd``."""
+
+    type: str
+    dest: str | None = None
+    compression: str | None = None
+    name: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Output:
+        if "=" not in text.split(",")[0]:
+            # A bare path means type=local, as in buildx.
+            return cls(type="local", dest=text)
+        fields: dict[str, str] = {}
+        for part in text.split(","):
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise UsageError(
+                    f"invalid --output {text!r}: {part!r} is not key=value"
+                )
+            fields[key.strip()] = value.strip()
+        kind = fields.pop("type", "")
+        if kind not in ("oci", "docker", "local", "tar", "image"):
+            raise UsageError(
+                f"invalid --output {text!r}: type must be one of "
+                "oci, docker, local, tar, image"
+            )
+        dest = fields.pop("dest", None)
+        if kind != "image" and not dest:
+            raise UsageError(f"invalid --output {text!r}: type={kind} needs dest=PATH")
+        compression = fields.pop("compression", None)
+        if compression is not None and compression not in COMPRESSIONS:
+            raise UsageError(
+                f"invalid --output {text!r}: compression must be one of "
+                + ", ".join(COMPRESSIONS)
+            )
+        name = fields.pop("name", None)
+        if fields:
+            raise UsageError(
+                f"invalid --output {text!r}: unknown key {next(iter(fields))!r}"
+            )
+        return cls(type=kind, dest=dest, compression=compression, name=name)
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    manifest_digest: str
+    config_digest: str
+    config: dict[str, Any]
+    layers: list[tuple[str, int]]  # uncompressed (diff ID, size)
+
+
+def _timestamp(epoch: float) -> str:
+    moment = datetime.fromtimestamp(epoch, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def assemble_image(
+    engine: Engine, plan: BuildPlan, final: str, *, source_date_epoch: int | None
+) -> BuiltImage:
+    """Write the image of a solved plan into the store (blobs only, no name)."""
+    chain = engine.snapshots.chain(final) if final else []
+    base_layers = [n for n in chain if n.startswith(LAYER_PREFIX)]
+    step_snapshots = [n for n in chain if not n.startswith(LAYER_PREFIX)]
+    layered = [h for h in plan.history if not h.empty_layer]
+    if len(layered) != len(step_snapshots):
+        raise InfraError(
+            f"internal error: {len(layered)} layer steps but "
+            f"{len(step_snapshots)} snapshots; please report this"
+        )
+    # Dated by when the final filesystem was made, not by the clock: a rebuild that
+    # is all cached then gives the same config, so the same image ID, as BuildKit.
+    if source_date_epoch is not None:
+        moment = float(source_date_epoch)
+    elif step_snapshots:
+        moment = engine.snapshots.info(step_snapshots[-1]).created
+    else:
+        moment = time.time()
+    created = _timestamp(moment)
+
+    layers: list[tuple[str, int]] = []
+    for name in base_layers:
+        known = engine.images.layer_of(name)
+        assert known is not None and known[0] is not None, name
+        layers.append((known[0], known[1]))
+
+    base_config = plan.base.config if plan.base is not None else {}
+    history: list[dict[str, Any]] = [
+        dict(h) for h in base_config.get("history", []) if isinstance(h, dict)
+    ]
+    steps = iter(step_snapshots)
+    for entry in plan.history:
+        item: dict[str, Any] = {
+            "created": created,
+            "created_by": entry.created_by,
+            "comment": entry.comment,
+        }
+        if not entry.empty_layer:
+            diff_id, size = engine.snapshot_layer(next(steps))
+            if diff_id is None:
+                item["empty_layer"] = True
+            else:
+                layers.append((diff_id, size))
+        else:
+            item["empty_layer"] = True
+        history.append(item)
+
+    config = copy.deepcopy(plan.config)
+    config["created"] = created
+    config["rootfs"] = {"type": "layers", "diff_ids": [d for d, _ in layers]}
+    config["history"] = history
+    manifest_digest = engine.images.save(config, layers)
+    manifest = engine.images.manifest(manifest_digest)
+    return BuiltImage(
+        manifest_digest=manifest_digest,
+        config_digest=manifest["config"]["digest"],
+        config=config,
+        layers=layers,
+    )
+
+
+# --- archives -------------------------------------------------------------------
+
+
+def _compressed_layer(
+    engine: Engine, diff_id: str, size: int, kind: str
+) -> tuple[str, int]:
+    if kind == "uncompressed":
+        return diff_id, size
+    known = engine.images.variant(diff_id, kind)
+    if known is not None:
+        return known
+    with engine.content.open(diff_id) as src, engine.content.writer() as w:
+        compress(src, w, kind)  # type: ignore[arg-type]
+        digest, csize = w.commit()
+    engine.images.record_variant(diff_id, kind, digest, csize)
+    return digest, csize
+
+
+@contextmanager
+def _atomic_file(dest: Path) -> Iterator[BinaryIO]:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _add_dir(tar: tarfile.TarFile, name: str) -> None:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    info.mode = 0o755
+    tar.addfile(info)
+
+
+def write_archive(
+    engine: Engine,
+    image: BuiltImage,
+    dest: Path,
+    *,
+    kind: str,
+    names: list[str],
+    compression: str | None,
+) -> str:
+    """An OCI image layout in a tar, with docker's manifest.json beside it so that
+    both OCI tools and ``docker load`` read it. ``kind`` "docker" defaults to
+    uncompressed layers (as ``docker save``), "oci" to gzip. Returns the digest
+    of the manifest written."""
+    compression = compression or ("uncompressed" if kind == "docker" else "gzip")
+    layers = [_compressed_layer(engine, d, s, compression) for d, s in image.layers]
+    media = LAYER_MEDIA["none" if compression == "uncompressed" else compression]
+    config_digest = image.config_digest
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MEDIA_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config_digest,
+            "size": engine.content.size(config_digest),
+        },
+        "layers": [{"mediaType": media, "digest": d, "size": s} for d, s in layers],
+    }
+    manifest_digest, manifest_size = engine.images.put_json(manifest)
+    refs = [normalize_ref(n) for n in names]
+    descriptors = []
+    for ref in refs or [None]:
+        descriptor: dict[str, Any] = {
+            "mediaType": MEDIA_MANIFEST,
+            "digest": manifest_digest,
+            "size": manifest_size,
+        }
+        if ref is not None:
+            tag = ref.rsplit(":", 1)[1] if ":" in ref.rsplit("/", 1)[-1] else "latest"
+            descriptor["annotations"] = {
+                "io.containerd.image.name": _qualified(ref),
+                "org.opencontainers.image.ref.name": tag,
+            }
+        descriptors.append(descriptor)
+    index = {"schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": descriptors}
+    docker_manifest = [
+        {
+            "Config": "blobs/sha256/" + config_digest.removeprefix("sha256:"),
+            "RepoTags": refs,
+            "Layers": ["blobs/sha256/" + d.removeprefix("sha256:") for d, _ in layers],
+        }
+    ]
+    blobs = [config_digest, manifest_digest, *dict.fromkeys(d for d, _ in layers)]
+    with (
+        _atomic_file(dest) as f,
+        tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        _add_bytes(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        _add_bytes(tar, "index.json", json.dumps(index, separators=(",", ":")).encode())
+        _add_bytes(tar, "manifest.json", json.dumps(docker_manifest).encode())
+        _add_dir(tar, "blobs/")
+        _add_dir(tar, "blobs/sha256/")
+        for digest in blobs:
+            info = tarfile.TarInfo("blobs/sha256/" + digest.removeprefix("sha256:"))
+            info.size = engine.content.size(digest)
+            info.mode = 0o644
+            with engine.content.open(digest) as blob:
+                tar.addfile(info, blob)
+    return manifest_digest
+
+
+def _qualified(ref: str) -> str:
+    """docker.io/library/app:1 for app:1, as containerd names images."""
+    first = ref.split("/", 1)[0]
+    if "/" in ref and ("." in first or ":" in first or first == "localhost"):
+        return ref
+    if "/" in ref:
+        return "docker.io/" + ref
+    return "docker.io/library/" + ref
+
+
+# --- root filesystems -----------------------------------------------------------
+
+
+@contextmanager
+def mounted_view(engine: Engine, final: str) -> Iterator[Path]:
+    """The final filesystem, mounted read-only (an empty dir for scratch)."""
+    target = Path(tempfile.mkdtemp(prefix="export-", dir=engine.root / "mnt"))
+    try:
+        if final:
+            engine.snapshots.view(final, target)
+            try:
+                yield target
+            finally:
+                engine.snapshots.unmount(target)
+        else:
+            yield target
+    finally:
+        os.rmdir(target)
+
+
+def write_rootfs_tar(engine: Engine, final: str, dest: Path, epoch: int | None) -> None:
+    with mounted_view(engine, final) as view, _atomic_file(dest) as f:
+        write_tree(view, f, source_date_epoch=epoch)
+
+
+def write_rootfs_dir(engine: Engine, final: str, dest: Path, epoch: int | None) -> None:
+    """Copy the final filesystem into ``dest`` through a tar stream in a pipe, so
+    owners, modes, links and special files come out exactly as in the image."""
+    dest.mkdir(parents=True, exist_ok=True)
+    read_fd, write_fd = os.pipe()
+    failure: list[BaseException] = []
+
+    def produce(view: Path) -> None:
+        try:
+            with os.fdopen(write_fd, "wb") as w:
+                write_tree(view, w, source_date_epoch=epoch)
+        except BaseException as exc:  # handed to the consumer's thread below
+            failure.append(exc)
+
+    with mounted_view(engine, final) as view:
+        producer = threading.Thread(target=produce, args=(view,), daemon=True)
+        producer.start()
+        try:
+            with os.fdopen(read_fd, "rb") as r:
+                extract_tree(r, dest)
+        finally:
+            producer.join()
+    if failure:
+        raise InfraError(f"cannot export the root filesystem: {failure[0]}")

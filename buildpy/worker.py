@@ -1,0 +1,249 @@
+"""buildpy's worker: the solver's Worker protocol, implemented with the snapshotter
+and the runtime.
+
+Every op that changes a filesystem follows the same path: prepare an active
+snapshot on the parent's committed one, mount it (overlay), change it (copy files,
+or run a process in an OCI bundle whose rootfs is the mount), unmount it and
+commit it under a fresh name, which is the vertex's result. Mount points and
+bundles live under the state root's mnt/ and bundles/ and are removed on every
+path out, cancellation included: unmounting runs in a shielded scope.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+
+import trio
+
+from buildpy.engine import Engine
+from buildpy.fileops import FileOpError, Ignore, copy, mkdir, mkfile
+from runtime import Executor, ProcessSpec, UserNotFound, make_bundle
+from snapshotter.errors import SnapshotError
+from solver.errors import ExecutionError
+from solver.graph import (
+    ContextSource,
+    CopyAction,
+    ExecOp,
+    FileOp,
+    ImageSource,
+    MkdirAction,
+    MkfileAction,
+    ScratchSource,
+    Vertex,
+)
+from solver.worker import LogSink
+
+CONTEXT_RESULT = "context"
+SCRATCH_RESULT = ""
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def _mounts_under(path: Path) -> list[str]:
+    """Mount points at or below ``path``, from /proc/self/mountinfo."""
+    prefix = str(path)
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            # Field 5 is the mount point, with spaces and such escaped as octal.
+            point = line.split()[4].encode().decode("unicode_escape")
+            if point == prefix or point.startswith(prefix + "/"):
+                found.append(point)
+    return found
+
+
+def remove_tree(path: Path) -> None:
+    """rmtree that refuses to descend into a mount: if an unmount failed, deleting
+    through it would destroy a snapshot. What is left is logged by the caller's
+    error and removed by the next start's cleanup."""
+    if _mounts_under(path):
+        return
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class BuildWorker:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        context_dir: Path,
+        ignore: Ignore | None,
+        executor: Executor,
+        limiter: trio.CapacityLimiter | None = None,
+    ) -> None:
+        self.engine = engine
+        self.context_dir = context_dir
+        self.ignore = ignore
+        self.executor = executor
+        # Blocking filesystem work (hashing, copying, mounting) runs in threads.
+        self.limiter = limiter or trio.CapacityLimiter(4)
+
+    async def _thread(self, fn, *args):  # type: ignore[no-untyped-def]
+        return await trio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter)
+
+    # --- the Worker protocol ------------------------------------------------
+
+    def cacheable(self, vertex: Vertex) -> bool:
+        return not isinstance(vertex.op, ContextSource)
+
+    async def content_checksum(self, vertex: Vertex) -> str | None:
+        op = vertex.op
+        if not isinstance(op, FileOp):
+            return None
+        sums: list[str] = []
+        for action in op.actions:
+            if not isinstance(action, CopyAction):
+                continue
+            if not isinstance(vertex.inputs[action.source].op, ContextSource):
+                continue
+            try:
+                sums.append(
+                    await self._thread(
+                        self.engine.hasher.checksum,
+                        self.context_dir,
+                        action,
+                        self.ignore,
+                    )
+                )
+            except FileOpError as exc:
+                raise ExecutionError(str(exc)) from exc
+        return ",".join(sums) if sums else None
+
+    async def exists(self, result: str) -> bool:
+        return await self._thread(self.engine.snapshot_exists, result)
+
+    async def execute(self, vertex: Vertex, inputs: Sequence[str], log: LogSink) -> str:
+        op = vertex.op
+        try:
+            if isinstance(op, ContextSource):
+                return CONTEXT_RESULT
+            if isinstance(op, ScratchSource):
+                return SCRATCH_RESULT
+            if isinstance(op, ImageSource):
+                return await self._thread(self.engine.image_snapshot, op.digest)
+            if isinstance(op, FileOp):
+                return await self._file(vertex, op, inputs)
+            if isinstance(op, ExecOp):
+                return await self._exec(op, inputs, log)
+        except SnapshotError as exc:
+            raise ExecutionError(str(exc), user_fault=False) from exc
+        raise ExecutionError(f"unknown op {op.kind}", user_fault=False)
+
+    # --- mounts ---------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _active(self, parent: str, target: Path) -> AsyncIterator[str]:
+        """An active snapshot on ``parent`` mounted at ``target``; yields its key.
+        The caller commits it; if it does not, it is removed."""
+        key = "active-" + _new_id()
+        snaps = self.engine.snapshots
+        await self._thread(snaps.prepare, key, parent or None)
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            await self._thread(snaps.mount, key, target)
+            try:
+                yield key
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._thread(snaps.unmount, target)
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await self._thread(snaps.remove, key)
+            raise
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._thread(remove_tree, target)
+
+    @asynccontextmanager
+    async def _source(self, result: str) -> AsyncIterator[Path]:
+        """A directory to copy from: the context, or a read-only view of a result."""
+        if result == CONTEXT_RESULT:
+            yield self.context_dir
+            return
+        target = self.engine.root / "mnt" / ("view-" + _new_id())
+        target.mkdir(parents=True)
+        try:
+            if result == SCRATCH_RESULT:
+                yield target
+                return
+            await self._thread(self.engine.snapshots.view, result, target)
+            try:
+                yield target
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._thread(self.engine.snapshots.unmount, target)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._thread(remove_tree, target)
+
+    async def _commit(self, key: str) -> str:
+        name = "step-" + _new_id()
+        await self._thread(self.engine.snapshots.commit, key, name)
+        return name
+
+    # --- ops ------------------------------------------------------------------
+
+    async def _file(self, vertex: Vertex, op: FileOp, inputs: Sequence[str]) -> str:
+        target = self.engine.root / "mnt" / ("file-" + _new_id())
+        async with self._active(inputs[0], target) as key:
+            for action in op.actions:
+                try:
+                    if isinstance(action, CopyAction):
+                        result = inputs[action.source]
+                        async with self._source(result) as src:
+                            await self._thread(
+                                partial(
+                                    copy,
+                                    target,
+                                    src,
+                                    action,
+                                    ignore=self.ignore
+                                    if result == CONTEXT_RESULT
+                                    else None,
+                                    from_context=result == CONTEXT_RESULT,
+                                )
+                            )
+                    elif isinstance(action, MkdirAction):
+                        await self._thread(mkdir, target, action)
+                    elif isinstance(action, MkfileAction):
+                        await self._thread(mkfile, target, action)
+                except FileOpError as exc:
+                    raise ExecutionError(str(exc)) from exc
+            return await self._commit(key)
+
+    async def _exec(self, op: ExecOp, inputs: Sequence[str], log: LogSink) -> str:
+        cid = "buildpy-" + _new_id()
+        bundle = self.engine.root / "bundles" / cid
+        rootfs = bundle / "rootfs"
+        spec = ProcessSpec(
+            args=op.args, env=op.env, cwd=op.cwd, user=op.user, network=op.network
+        )
+        try:
+            async with self._active(inputs[0], rootfs) as key:
+                try:
+                    await self._thread(make_bundle, bundle, rootfs, spec)
+                except UserNotFound as exc:
+                    raise ExecutionError(str(exc)) from exc
+                code = await self.executor.run(bundle, cid, log)
+                if code != 0:
+                    raise ExecutionError(
+                        f"process {_shown_command(op.args)} did not complete "
+                        f"successfully: exit code: {code}",
+                        exit_code=code,
+                    )
+                return await self._commit(key)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._thread(remove_tree, bundle)
+
+
+def _shown_command(args: Sequence[str]) -> str:
+    """The command as BuildKit's error line quotes it: ``"/bin/sh -c false"``."""
+    return '"' + " ".join(args).replace('"', '\\"') + '"'

@@ -1,0 +1,109 @@
+"""Fixtures shared by every test: a busybox root filesystem made from the host's
+static busybox, fresh state roots, and the ``buildpy`` command run as a user runs
+it (a real process). Every fixture removes what it made, mounts included, also
+when the test fails."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def mounts_under(path: Path) -> list[str]:
+    prefix = str(path)
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].encode().decode("unicode_escape")
+            if point == prefix or point.startswith(prefix + "/"):
+                found.append(point)
+    return found
+
+
+def unmount_all(path: Path) -> None:
+    for point in sorted(mounts_under(path), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False)
+
+
+@pytest.fixture(scope="session")
+def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("busybox") / "rootfs"
+    subprocess.run(
+        [str(REPO / "scripts/make-busybox-rootfs.sh"), str(root)],
+        check=True,
+        capture_output=True,
+    )
+    return root
+
+
+@dataclass
+class Buildpy:
+    """``buildpy`` against one state root, run as a separate process."""
+
+    root: Path
+
+    def run(
+        self,
+        *args: str | os.PathLike[str],
+        check: bool = True,
+        env: dict[str, str] | None = None,
+        timeout: float = 300,
+    ) -> subprocess.CompletedProcess[str]:
+        full_env = {**os.environ, "BUILDPY_ROOT": str(self.root), **(env or {})}
+        full_env.pop("BUILDKIT_PROGRESS", None)
+        proc = subprocess.run(
+            [sys.executable, "-m", "buildpy", *map(str, args)],
+            capture_output=True,
+            text=True,
+            env={**full_env, **(env or {})},
+            timeout=timeout,
+            cwd=REPO,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"buildpy {' '.join(map(str, args))} exited {proc.returncode}\n"
+                f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+            )
+        return proc
+
+    def build(
+        self, context: Path, *args: str | os.PathLike[str], check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return self.run("build", "--progress", "plain", *args, context, check=check)
+
+
+@pytest.fixture
+def buildpy(tmp_path: Path) -> Iterator[Buildpy]:
+    root = tmp_path / "state"
+    try:
+        yield Buildpy(root)
+        leftover = mounts_under(root)
+        assert not leftover, f"mounts left behind: {leftover}"
+    finally:
+        unmount_all(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def busybox(buildpy: Buildpy, busybox_rootfs: Path) -> Buildpy:
+    """A state root holding busybox:latest, imported as a user would."""
+    buildpy.run("import", "--change", 'CMD ["sh"]', busybox_rootfs, "busybox")
+    return buildpy
+
+
+def write_context(directory: Path, files: dict[str, str]) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        path = directory / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return directory
