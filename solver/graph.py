@@ -21,7 +21,8 @@ stage or moving an instruction to another line must not invalidate anything.
 
 Inputs by op:
 - ImageSource, ScratchSource, ContextSource: no inputs.
-- ExecOp: inputs[0] is the root filesystem the process runs on.
+- ExecOp: inputs[0] is the root filesystem the process runs on; a mount's
+  ``input`` names a further input (another stage, an image, the context).
 - FileOp: inputs[0] is the filesystem the actions change; a CopyAction reads
   from inputs[action.source] (1 or more: the context or another stage's root).
 """
@@ -165,11 +166,37 @@ class MkfileAction(Action):
 
 
 @dataclass(frozen=True)
+class ExecMount(Action):
+    """One ``RUN --mount``. ``type`` is bind, cache, tmpfs, secret or ssh.
+
+    ``input`` is the index of the op input a bind mount (or a cache mount's
+    ``from=``) reads, ``source`` the path inside it. Secrets and ssh sockets are
+    named by ``id`` only: their content never enters the op, so never a key.
+    """
+
+    kind: ClassVar[str] = "mount"
+    type: str
+    target: str
+    input: int | None = None
+    source: str = ""
+    readonly: bool = True
+    id: str = ""
+    sharing: str = "shared"
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    size: int | None = None
+    required: bool = False
+    env: str = ""
+
+
+@dataclass(frozen=True)
 class ExecOp(Op):
     """Run a process on inputs[0] and keep what it writes.
 
     ``env`` is the full environment the process sees, ``KEY=VALUE`` in order;
-    ``user`` is ``user[:group]`` as the stage's USER set it ("" is root).
+    ``user`` is ``user[:group]`` as the stage's USER set it ("" is root);
+    ``security`` is "sandbox" or "insecure" (``RUN --security``).
     """
 
     kind: ClassVar[str] = "exec"
@@ -178,6 +205,8 @@ class ExecOp(Op):
     cwd: str = "/"
     user: str = ""
     network: str = "host"
+    mounts: tuple[ExecMount, ...] = ()
+    security: str = "sandbox"
 
 
 @dataclass(frozen=True)

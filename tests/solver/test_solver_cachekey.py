@@ -106,7 +106,9 @@ def test_every_declared_field_changes_the_key(monkeypatch: pytest.MonkeyPatch) -
     base = key_of(op)
 
     def other_schema() -> str:
-        monkeypatch.setattr(solver.cachekey, "CACHE_SCHEMA_VERSION", 2)
+        monkeypatch.setattr(
+            solver.cachekey, "CACHE_SCHEMA_VERSION", CACHE_SCHEMA_VERSION + 1
+        )
         try:
             return key_of(op)
         finally:
@@ -172,8 +174,8 @@ def test_the_encoding_is_pinned() -> None:
     vertex = Vertex(ExecOp(args=("true",)), (Vertex(ScratchSource()),))
     expected = (
         '{"content":"xxh3:1","inputs":["' + KEY + '"],'
-        '"op":{"args":["true"],"cwd":"/","env":[],"kind":"exec","network":"host",'
-        '"user":""},"schema":1}'
+        '"op":{"args":["true"],"cwd":"/","env":[],"kind":"exec","mounts":[],'
+        '"network":"host","security":"sandbox","user":""},"schema":2}'
     )
     digest = "sha256:" + hashlib.sha256(expected.encode()).hexdigest()
     assert cache_key(vertex, [KEY], "xxh3:1") == digest
