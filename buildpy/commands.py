@@ -43,6 +43,14 @@ def source_frame(text: str, first: int, last: int, context: int = 1) -> str:
     return "\n".join(out)
 
 
+def run_trio(fn: Any, *args: Any) -> Any:
+    """trio.run, raising the one exception that matters instead of a group."""
+    try:
+        return trio.run(fn, *args)
+    except BaseExceptionGroup as group:
+        raise errors.sole(group) from None
+
+
 def build(args: argparse.Namespace, root: Path | None) -> int:
     mode = args.progress or os.environ.get("BUILDKIT_PROGRESS") or "auto"
     if args.quiet:
@@ -64,7 +72,7 @@ def build(args: argparse.Namespace, root: Path | None) -> int:
     display = make_display(mode)
     try:
         with Engine.open(root) as engine:
-            result = trio.run(run_build, engine, req, display)
+            result = run_trio(run_build, engine, req, display)
     except DockerfileError as exc:
         display.close()
         _print_dockerfile_error(req, exc)
@@ -105,7 +113,7 @@ def _print_dockerfile_error(req: BuildRequest, exc: DockerfileError) -> None:
 
 
 def _print_step_failure(req: BuildRequest, display: Display, exc: VertexFailed) -> int:
-    cause = exc.cause
+    cause = errors.sole(exc.cause)
     vertex = exc.vertex
     if isinstance(cause, CacheMiss):
         print(f"ERROR: {cause}", file=sys.stderr)

@@ -41,3 +41,29 @@ class ImageNotFound(BuildpyError, LookupError):
     def __init__(self, name: str) -> None:
         super().__init__(f"image {name!r} not found in the local store")
         self.name = name
+
+
+def sole(exc: BaseException) -> BaseException:
+    """The one exception worth reporting out of what Trio raised.
+
+    Trio's nurseries wrap whatever escapes them in exception groups (always, since
+    trio 0.25), while a build has one failure to tell the user about: Ctrl-C if it
+    was pressed, else the first error that is not a cancellation it caused.
+    """
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [exc]
+    while stack:
+        current = stack.pop()
+        if isinstance(current, BaseExceptionGroup):
+            stack.extend(reversed(current.exceptions))
+        else:
+            leaves.append(current)
+    for leaf in leaves:
+        if isinstance(leaf, KeyboardInterrupt | SystemExit):
+            return leaf
+    import trio  # only on this error path: the CLI's start-up stays cheap
+
+    real = [leaf for leaf in leaves if not isinstance(leaf, trio.Cancelled)]
+    return (real or leaves)[0]
