@@ -180,10 +180,22 @@ def _compressed_layer(
     return digest, csize
 
 
+def _umask() -> int:
+    """The process's umask, read without setting it: os.umask() would change it
+    for a moment in every thread of the build."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
+
+
 @contextmanager
 def _atomic_file(dest: Path) -> Iterator[BinaryIO]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    # mkstemp makes the file private; an output gets the mode any new file would.
+    os.fchmod(fd, 0o666 & ~_umask())
     try:
         with os.fdopen(fd, "wb") as f:
             yield f

@@ -19,6 +19,12 @@ from tests.conftest import REPO, Buildpy, write_context
 HELLO = REPO / "examples" / "hello"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def inspect(buildpy: Buildpy, name: str) -> dict:
     return json.loads(buildpy.run("inspect", name).stdout)[0]
 
@@ -147,6 +153,8 @@ def test_oci_archive_is_read_by_skopeo_and_umoci(busybox: Buildpy, tmp_path):
     shutil.copytree(HELLO, context)
     archive = tmp_path / "hello.tar"
     busybox.build(context, "-t", "hello:1", "-o", f"type=oci,dest={archive}")
+    # Written like any new file (umask), not private as a temporary file is.
+    assert archive.stat().st_mode & 0o777 == 0o666 & ~_umask()
     inspected = subprocess.run(
         ["skopeo", "inspect", f"oci-archive:{archive}"],
         check=True,
