@@ -1,0 +1,98 @@
+"""The rest of issue 2's surface: flags and instructions not covered elsewhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO, Buildpy, write_context
+
+
+def test_file_flag_root_flag_quiet_and_jobs(busybox: Buildpy, tmp_path):
+    context = write_context(
+        tmp_path / "ctx",
+        {"build/Custom.dockerfile": "FROM busybox\nRUN echo custom > /which\n"},
+    )
+    # --root given as a flag wins over $BUILDPY_ROOT.
+    env_root = tmp_path / "unused-root"
+    proc = busybox.run(
+        "build",
+        "--root",
+        busybox.root,
+        "-q",
+        "--jobs",
+        "1",
+        "-f",
+        context / "build/Custom.dockerfile",
+        "-t",
+        "custom",
+        context,
+        env={"BUILDPY_ROOT": str(env_root)},
+    )
+    image_id = proc.stdout.strip()
+    assert image_id.startswith("sha256:") and len(image_id) == 71
+    assert proc.stderr == ""
+    assert not env_root.exists()
+    inspected = json.loads(busybox.run("inspect", "custom").stdout)[0]
+    assert inspected["Id"] == image_id
+
+
+def test_scratch_and_config_instructions(busybox: Buildpy, tmp_path):
+    context = write_context(
+        tmp_path / "ctx",
+        {
+            "hello.txt": "hi\n",
+            "Dockerfile": (
+                "FROM busybox AS tools\n"
+                'SHELL ["/bin/sh", "-ec"]\n'
+                "RUN echo made > /made\n"
+                "FROM scratch\n"
+                "COPY --from=tools /made /bin/busybox /\n"
+                "COPY hello.txt /\n"
+                'ENTRYPOINT ["/busybox", "cat"]\n'
+                'CMD ["/hello.txt"]\n'
+                "VOLUME /data /cache\n"
+                "STOPSIGNAL SIGQUIT\n"
+            ),
+        },
+    )
+    out = tmp_path / "out"
+    busybox.build(context, "-t", "tiny", "-o", f"type=local,dest={out}")
+    assert sorted(os.listdir(out)) == ["busybox", "hello.txt", "made"]
+    busybox.build(context, "-t", "tiny")
+    config = json.loads(busybox.run("inspect", "tiny").stdout)[0]["Config"]
+    assert config["config"]["Entrypoint"] == ["/busybox", "cat"]
+    assert config["config"]["Cmd"] == ["/hello.txt"]
+    assert config["config"]["Volumes"] == {"/data": {}, "/cache": {}}
+    assert config["config"]["StopSignal"] == "SIGQUIT"
+    # A scratch image holds only the layers its own steps made.
+    assert len(config["rootfs"]["diff_ids"]) == 2
+
+
+def test_failed_step_leaves_no_mount_point_or_bundle(busybox: Buildpy, tmp_path):
+    context = write_context(
+        tmp_path / "ctx", {"Dockerfile": "FROM busybox\nRUN exit 3\n"}
+    )
+    assert busybox.build(context, check=False).returncode == 1
+    assert os.listdir(busybox.root / "mnt") == []
+    assert os.listdir(busybox.root / "bundles") == []
+
+
+def test_tty_progress_draws_and_ends_with_a_summary(busybox: Buildpy, tmp_path):
+    """--progress tty on a real terminal (script(1) gives the build a pty)."""
+    context = write_context(
+        tmp_path / "ctx", {"Dockerfile": "FROM busybox\nRUN echo on-a-tty\n"}
+    )
+    command = f"{sys.executable} -m buildpy build --progress tty -t t {context}"
+    proc = subprocess.run(
+        ["script", "-qec", command, "/dev/null"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BUILDPY_ROOT": str(busybox.root), "COLUMNS": "120"},
+        cwd=REPO,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout
+    assert "Building" in proc.stdout and "RUN echo on-a-tty" in proc.stdout
