@@ -70,5 +70,9 @@ def test_interrupt_during_run_cleans_up(busybox: Buildpy, tmp_path):
     assert "Traceback" not in "".join(seen)
     assert processes_running(marker) == []
     assert mounts_under(busybox.root) == []
+    # No mount point, bundle or half-written blob is left either.
+    for leftover in ("mnt", "bundles", "blobs/tmp"):
+        path = busybox.root / leftover
+        assert not path.exists() or os.listdir(path) == [], leftover
     (context / "Dockerfile").write_text("FROM busybox\nRUN echo next\n")
     busybox.build(context)
