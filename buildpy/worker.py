@@ -46,7 +46,7 @@ def _new_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
-def _mounts_under(path: Path) -> list[str]:
+def mounts_under(path: Path) -> list[str]:
     """Mount points at or below ``path``, from /proc/self/mountinfo."""
     prefix = str(path)
     found = []
@@ -63,7 +63,7 @@ def remove_tree(path: Path) -> None:
     """rmtree that refuses to descend into a mount: if an unmount failed, deleting
     through it would destroy a snapshot. What is left is logged by the caller's
     error and removed by the next start's cleanup."""
-    if _mounts_under(path):
+    if mounts_under(path):
         return
     shutil.rmtree(path, ignore_errors=True)
 

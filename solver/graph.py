@@ -62,10 +62,14 @@ class Op:
 
     def encode(self) -> dict[str, Any]:
         """The canonical form of the op: every field, plus the op's kind."""
-        encoded: dict[str, Any] = {"kind": self.kind}
-        for f in fields(self):
-            encoded[f.name] = _encode_value(getattr(self, f.name))
-        return encoded
+        return _encode_fields(self)
+
+
+def _encode_fields(value: Op | Action) -> dict[str, Any]:
+    encoded: dict[str, Any] = {"kind": value.kind}
+    for f in fields(value):
+        encoded[f.name] = _encode_value(getattr(value, f.name))
+    return encoded
 
 
 def _encode_value(value: Any) -> Any:
@@ -114,10 +118,7 @@ class Action:
     kind: ClassVar[str] = "action"
 
     def encode(self) -> dict[str, Any]:
-        encoded: dict[str, Any] = {"kind": self.kind}
-        for f in fields(self):
-            encoded[f.name] = _encode_value(getattr(self, f.name))
-        return encoded
+        return _encode_fields(self)
 
 
 @dataclass(frozen=True)

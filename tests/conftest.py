@@ -15,18 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from buildpy.worker import mounts_under
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def mounts_under(path: Path) -> list[str]:
-    prefix = str(path)
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            point = line.split()[4].encode().decode("unicode_escape")
-            if point == prefix or point.startswith(prefix + "/"):
-                found.append(point)
-    return found
 
 
 def unmount_all(path: Path) -> None:
