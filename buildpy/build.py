@@ -20,10 +20,12 @@ from buildpy.exporters import (
     write_rootfs_dir,
     write_rootfs_tar,
 )
+from buildpy.mounts import SecretSource, SSHSource
 from buildpy.progress import Display
 from buildpy.worker import BuildWorker
 from frontend import IgnoreMatcher, convert, read_dockerignore
 from runtime import find_executor
+from solver.keylock import KeyLocks
 from solver.scheduler import Solver, SolveResult
 
 
@@ -39,11 +41,16 @@ class BuildRequest:
     network: str = "host"
     jobs: int | None = None
     oci_runtime: str | None = None
+    no_cache_filter: list[str] = field(default_factory=list)  # stages
+    fail_on_cache_miss: bool = False
+    dry_run: bool = False  # solve's dry_run: list hits and misses, run nothing
+    secrets: dict[str, SecretSource] = field(default_factory=dict)  # --secret
+    ssh: dict[str, SSHSource] = field(default_factory=dict)  # --ssh
 
 
 @dataclass
 class BuildResult:
-    image: BuiltImage
+    image: BuiltImage | None  # None after a dry run
     solve: SolveResult
     names: list[str]
     warnings: list[str]
@@ -111,8 +118,22 @@ async def run_build(engine: Engine, req: BuildRequest, display: Display) -> Buil
         context_dir=req.context.resolve(),
         ignore=IgnoreMatcher(patterns) if patterns else None,
         executor=executor,
+        secrets=req.secrets,
+        ssh=req.ssh,
     )
-    solver = Solver(worker, engine.cache, reporter=display, jobs=req.jobs)
+    solver = Solver(
+        worker,
+        engine.cache,
+        reporter=display,
+        jobs=req.jobs,
+        fail_on_cache_miss=req.fail_on_cache_miss,
+        no_cache_stages=req.no_cache_filter,
+        build_args=req.build_args,
+        locks=KeyLocks(engine.root / "locks"),
+    )
+    if req.dry_run:
+        planned = await solver.dry_run(plan.final)
+        return BuildResult(image=None, solve=planned, names=[], warnings=plan.warnings)
     solved = await solver.solve(plan.final)
     final = solved.result(plan.final)
 
@@ -142,6 +163,10 @@ def _export(
     if out.type == "image":
         for tag in req.tags + ([out.name] if out.name else []):
             names.append(engine.images.tag(tag, image.manifest_digest))
+        if out.push:
+            from buildpy.transfer import push_built
+
+            push_built(engine, req.tags + ([out.name] if out.name else []), out)
     elif out.type in ("oci", "docker"):
         assert out.dest is not None
         write_archive(

@@ -55,6 +55,11 @@ def make_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="state root (default: $BUILDPY_ROOT, else /var/lib/buildpy as root)",
     )
+    common.add_argument(  # the daemon (issue 8): buildpy/client.py reads it first
+        "--addr",
+        default=argparse.SUPPRESS,
+        help="the daemon's socket, unix:///PATH (default: $BUILDPY_HOST)",
+    )
     parser = _Parser(
         prog="buildpy",
         description="Build container images from Dockerfiles, as docker buildx does.",
@@ -94,6 +99,31 @@ def make_parser() -> argparse.ArgumentParser:
         "--oci-runtime", help="runc, crun, builtin or a path (default: runc if found)"
     )
     build.add_argument("-q", "--quiet", action="store_true", help="print only the ID")
+    build.add_argument(
+        "--check", action="store_true", help="run the build checks only, build nothing"
+    )
+    from buildpy import cachecmds  # the cache flags and commands (issue 4)
+
+    cachecmds.add_build_flags(build)
+    build.add_argument(
+        "--push",
+        action="store_true",
+        help="push the -t names (-o type=image,push=true)",
+    )
+    build.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="id=NAME,src=FILE|env=VAR",
+        help="a secret for RUN --mount=type=secret (repeatable)",
+    )
+    build.add_argument(
+        "--ssh",
+        action="append",
+        default=[],
+        metavar="ID[=SOCKET|KEY,...]",
+        help="an ssh agent for RUN --mount=type=ssh, e.g. default=$SSH_AUTH_SOCK",
+    )
 
     imp = sub.add_parser(
         "import", parents=[common], help="make a one-layer image from a root filesystem"
@@ -109,11 +139,27 @@ def make_parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("images", parents=[common], help="list the local store")
+    sub.add_parser("serve", parents=[common], help="run the daemon (buildpy/daemon.py)")
+    cachecmds.add_parsers(sub, common)
+
+    from buildpy.run import add_arguments as add_run_arguments
+
+    add_run_arguments(sub.add_parser("run", parents=[common], help="run an image"))
+
+    from buildpy import imageargs
+
+    imageargs.add_parsers(sub, common)
 
     inspect = sub.add_parser(
         "inspect", parents=[common], help="print an image's manifest and config"
     )
     inspect.add_argument("name")
+
+    lint = sub.add_parser("lint", parents=[common], help="run the Dockerfile checks")
+    lint.add_argument("-f", "--file", type=Path, action="append", default=[])
+    lint.add_argument("files", type=Path, nargs="*", help="Dockerfiles to check")
+    lint.add_argument("--format", choices=("text", "json"), default="text")
+    lint.add_argument("--build-arg", action="append", default=[], type=_key_value)
 
     debug = sub.add_parser("debug", parents=[common], help="tools for developers")
     debug_sub = debug.add_subparsers(dest="debug_command", required=True)
@@ -123,6 +169,13 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from buildpy import client  # the thin client: standard library only
+
+    target = client.forward_target(sys.argv[1:] if argv is None else argv)
+    if target is not None:
+        code = client.run_cli(target[0], target[1], explicit=target[2])
+        if code is not None:
+            return code
     args = make_parser().parse_args(argv)
     try:
         return _dispatch(args)
@@ -136,6 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     root: Path | None = getattr(args, "root", None)
+    if args.command == "lint" or (args.command == "build" and args.check):
+        from buildpy.lintcmd import lint_command
+
+        return lint_command(args)
     if args.command == "build":
         from buildpy.commands import build
 
@@ -144,6 +201,22 @@ def _dispatch(args: argparse.Namespace) -> int:
         from buildpy.commands import import_image
 
         return import_image(args, root)
+    if args.command in ("pull", "push", "tag", "rmi", "history", "save", "load"):
+        from buildpy import imagecmds
+
+        return int(getattr(imagecmds, args.command)(args, root))
+    if args.command == "run":
+        from buildpy.run import run_command
+
+        return run_command(args, root)
+    if args.command in ("du", "prune"):
+        from buildpy import cachecmds
+
+        return int(getattr(cachecmds, args.command)(args, root))
+    if args.command == "serve":
+        from buildpy.daemon import serve
+
+        return serve(getattr(args, "addr", None), root)
     if args.command == "images":
         from buildpy.commands import images
 

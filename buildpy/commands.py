@@ -15,12 +15,13 @@ from typing import Any
 
 import trio
 
-from buildpy import errors
+from buildpy import cachecmds, errors
 from buildpy.build import BuildRequest, run_build
 from buildpy.cli import print_json
 from buildpy.engine import Engine, host_platform
 from buildpy.errors import InfraError, UsageError
 from buildpy.exporters import Output, _timestamp
+from buildpy.mounts import SecretSource, SSHSource
 from buildpy.progress import Display, error_block, make_display
 from frontend import DockerfileError
 from runtime import ExecutorUnavailable
@@ -68,11 +69,22 @@ def build(args: argparse.Namespace, root: Path | None) -> int:
         network="host" if args.network == "default" else args.network,
         jobs=args.jobs,
         oci_runtime=args.oci_runtime,
+        secrets={s.id: s for s in map(SecretSource.parse, args.secret)},
+        ssh={s.id: s for s in map(SSHSource.parse, args.ssh)},
     )
+    if args.push:
+        req.outputs.append(Output(type="image", push=True))
+    cachecmds.apply_build_flags(args, req)
     display = make_display(mode)
     try:
-        with Engine.open(root) as engine:
-            result = run_trio(run_build, engine, req, display)
+        with Engine.open(root, verify_cache=args.verify_cache) as engine:
+            result = cachecmds.run_build_locked(
+                engine, args, lambda: run_trio(run_build, engine, req, display)
+            )
+    except CacheMiss as exc:  # --fail-on-cache-miss; the solver raises it as is
+        display.close()
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return errors.EXIT_CACHE_MISS
     except DockerfileError as exc:
         display.close()
         _print_dockerfile_error(req, exc)
@@ -88,6 +100,8 @@ def build(args: argparse.Namespace, root: Path | None) -> int:
         display.close()
         raise
     display.close()
+    if result.image is None:
+        return cachecmds.print_dry_run(args, result)
     if mode == "quiet":
         print(result.image.config_digest)
     else:

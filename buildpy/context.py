@@ -137,10 +137,18 @@ class ContextHasher:
             )
 
     def checksum(
-        self, context_dir: Path, action: CopyAction, ignore: Ignore | None
+        self,
+        context_dir: Path,
+        action: CopyAction,
+        ignore: Ignore | None,
+        detail: dict[str, list[str]] | None = None,
     ) -> str:
         """sha256 over what ``action`` reads from ``context_dir`` and the
-        metadata it writes. Raises fileops.FileOpError for a missing source."""
+        metadata it writes. Raises fileops.FileOpError for a missing source.
+
+        ``detail``, when given, gets one entry per path read (relative to the
+        context): ``[kind, value, mode]`` as solver.explain.file_changes reads
+        it, so that a cache miss can name the file that changed."""
         root = context_dir.resolve()
         started = self.clock()  # before the walk: see the theory above
         entries = select_sources(root, action, ignore, from_context=True)
@@ -174,6 +182,8 @@ class ContextHasher:
             # No field can hold a NUL (paths and link targets cannot), so the
             # encoding is unambiguous.
             h.update(b"\0".join(fields) + b"\0\n")
+            if detail is not None:
+                detail[e.relpath] = _detail(st.st_mode, content, e.link, fields[4])
         self._store(root, fresh)
         return "sha256:" + h.hexdigest()
 
@@ -272,6 +282,16 @@ def _written_mode(st_mode: int, chmod: int | None) -> int:
     if stat.S_ISLNK(st_mode):
         return 0o777  # a symlink's own mode is not written
     return chmod if chmod is not None else stat.S_IMODE(st_mode)
+
+
+def _detail(st_mode: int, content: bytes, link: str | None, mode: bytes) -> list[str]:
+    if stat.S_ISREG(st_mode):
+        return ["file", content.decode(), mode.decode()]
+    if stat.S_ISDIR(st_mode):
+        return ["dir", "", mode.decode()]
+    if link is not None:
+        return ["symlink", link, mode.decode()]
+    return ["special", str(stat.S_IFMT(st_mode)), mode.decode()]
 
 
 def _is_device(st_mode: int) -> bool:

@@ -77,11 +77,14 @@ class Engine:
     # --- images ---------------------------------------------------------------
 
     def resolve_image(self, name: str) -> ResolvedImage:
-        """The frontend's image resolver: a name of the local store, pinned."""
+        """The frontend's image resolver: a name of the local store, pinned; pulled
+        from its registry (or a mirror) when the store does not have it."""
         try:
             digest = self.images.get(name)
         except ImageNotFound:
-            raise LookupError(name) from None
+            from buildpy.transfer import pull_missing
+
+            digest = pull_missing(self, name)  # LookupError when nowhere
         manifest = self.images.manifest(digest)
         return ResolvedImage(
             ref=normalize_ref(name), digest=digest, config=self.images.config(manifest)
@@ -116,9 +119,20 @@ class Engine:
             parent = name
         return parent or ""
 
-    def snapshot_layer(self, name: str) -> tuple[str | None, int]:
+    def snapshot_layer(
+        self, name: str, epoch: int | None = None
+    ) -> tuple[str | None, int]:
         """The uncompressed layer of a committed snapshot: (diff ID, size), or
-        (None, 0) when the snapshot changed nothing. Written once, then recorded."""
+        (None, 0) when the snapshot changed nothing. Written once, then recorded.
+        With SOURCE_DATE_EPOCH (``epoch``) mtimes are clamped to it, and such a
+        layer is not the snapshot's recorded one (another epoch, another layer)."""
+        if epoch is not None:
+            fs = self.snapshots.fs_path(name)
+            if layer_is_empty(fs):
+                return None, 0
+            with self.content.writer() as w:
+                write_layer(fs, w, source_date_epoch=epoch)  # type: ignore[arg-type]
+                return tuple(w.commit())  # type: ignore[return-value]
         known = self.images.layer_of(name)
         if known is not None:
             return known

@@ -18,7 +18,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,6 +48,7 @@ class Output:
     dest: str | None = None
     compression: str | None = None
     name: str | None = None
+    push: bool = False
 
     @classmethod
     def parse(cls, text: str) -> Output:
@@ -78,11 +79,12 @@ class Output:
                 + ", ".join(COMPRESSIONS)
             )
         name = fields.pop("name", None)
+        push = fields.pop("push", "false").lower() in ("true", "1")
         if fields:
             raise UsageError(
                 f"invalid --output {text!r}: unknown key {next(iter(fields))!r}"
             )
-        return cls(type=kind, dest=dest, compression=compression, name=name)
+        return cls(type=kind, dest=dest, compression=compression, name=name, push=push)
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ def assemble_image(
             "comment": entry.comment,
         }
         if not entry.empty_layer:
-            diff_id, size = engine.snapshot_layer(next(steps))
+            diff_id, size = engine.snapshot_layer(next(steps), source_date_epoch)
             if diff_id is None:
                 item["empty_layer"] = True
             else:
@@ -272,7 +274,20 @@ def write_archive(
             "Layers": ["blobs/sha256/" + d.removeprefix("sha256:") for d, _ in layers],
         }
     ]
-    blobs = [config_digest, manifest_digest, *dict.fromkeys(d for d, _ in layers)]
+    blobs = [config_digest, manifest_digest, *(d for d, _ in layers)]
+    write_layout_tar(engine, dest, index, docker_manifest, blobs)
+    return manifest_digest
+
+
+def write_layout_tar(
+    engine: Engine,
+    dest: Path,
+    index: dict[str, Any],
+    docker_manifest: list[dict[str, Any]],
+    blobs: Iterable[str],
+) -> None:
+    """An OCI image layout as a tar (oci-layout, index.json, the blobs once each)
+    with docker's manifest.json beside it, written atomically to ``dest``."""
     with (
         _atomic_file(dest) as f,
         tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar,
@@ -282,13 +297,12 @@ def write_archive(
         _add_bytes(tar, "manifest.json", json.dumps(docker_manifest).encode())
         _add_dir(tar, "blobs/")
         _add_dir(tar, "blobs/sha256/")
-        for digest in blobs:
+        for digest in dict.fromkeys(blobs):
             info = tarfile.TarInfo("blobs/sha256/" + digest.removeprefix("sha256:"))
             info.size = engine.content.size(digest)
             info.mode = 0o644
             with engine.content.open(digest) as blob:
                 tar.addfile(info, blob)
-    return manifest_digest
 
 
 def _qualified(ref: str) -> str:

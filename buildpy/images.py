@@ -137,10 +137,16 @@ class ImageStore:
     def config(self, manifest: dict[str, Any]) -> dict[str, Any]:
         return self.read_json(manifest["config"]["digest"])
 
-    def save(self, config: dict[str, Any], layers: list[tuple[str, int]]) -> str:
+    def save(
+        self, config: dict[str, Any] | bytes, layers: list[tuple[str, int]]
+    ) -> str:
         """Write config and manifest for uncompressed ``layers`` (digest, size);
-        return the manifest digest."""
-        config_digest, config_size = self.put_json(config)
+        return the manifest digest. A config given as bytes (pulled or loaded) is
+        kept byte for byte, so the image keeps its ID."""
+        if isinstance(config, bytes):
+            config_digest, config_size = self.content.put_bytes(config)
+        else:
+            config_digest, config_size = self.put_json(config)
         manifest = {
             "schemaVersion": 2,
             "mediaType": MEDIA_MANIFEST,

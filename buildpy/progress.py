@@ -29,6 +29,7 @@ from solver.progress import (
     VertexError,
     VertexLog,
     VertexStarted,
+    VertexWaiting,
 )
 
 ERROR_LOG_LINES = 10
@@ -52,6 +53,7 @@ class _Step:
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=ERROR_LOG_LINES))
     state: str = "waiting"
     duration: float = 0.0
+    reason: str | None = None  # why it missed the cache
 
 
 class Display:
@@ -75,7 +77,10 @@ class Display:
         if isinstance(event, VertexStarted):
             step.started = event.time
             step.state = "running"
+            step.reason = event.reason
             self.on_start(step)
+        elif isinstance(event, VertexWaiting):
+            self.on_waiting(step)
         elif isinstance(event, VertexCached):
             step.state = "cached"
             self.on_cached(step)
@@ -140,6 +145,7 @@ class Display:
     # Hooks for subclasses.
     def on_start(self, step: _Step) -> None: ...
     def on_cached(self, step: _Step) -> None: ...
+    def on_waiting(self, step: _Step) -> None: ...
     def on_log(self, step: _Step, when: float, line: str) -> None: ...
     def on_done(self, step: _Step) -> None: ...
     def on_error(self, step: _Step, message: str) -> None: ...
@@ -164,10 +170,16 @@ class PlainDisplay(Display):
 
     def on_start(self, step: _Step) -> None:
         self._header(step)
+        if step.reason:
+            self._print(f"#{step.number} cache miss: {step.reason}")
 
     def on_cached(self, step: _Step) -> None:
         self._header(step)
         self._print(f"#{step.number} CACHED")
+
+    def on_waiting(self, step: _Step) -> None:
+        self._header(step)
+        self._print(f"#{step.number} waiting for another build running this step")
 
     def on_log(self, step: _Step, when: float, line: str) -> None:
         self._header(step)
@@ -192,7 +204,7 @@ class PlainDisplay(Display):
         self._print(f"#{step.number} {text}")
 
     def warn(self, text: str) -> None:
-        self._print(f"WARNING: {text}")
+        self._print(f"WARN: {text}")
 
 
 class QuietDisplay(Display):
@@ -213,7 +225,10 @@ class RawJsonDisplay(Display):
         self.out.flush()
 
     def on_start(self, step: _Step) -> None:
-        self._emit(step, "START")
+        self._emit(step, "START", **({"reason": step.reason} if step.reason else {}))
+
+    def on_waiting(self, step: _Step) -> None:
+        self._emit(step, "WAITING")
 
     def on_cached(self, step: _Step) -> None:
         self._emit(step, "CACHED")
@@ -246,6 +261,7 @@ class TtyDisplay(Display):
         from rich.live import Live
 
         self.console = Console(file=out)
+        self.finished = False  # read by _render, which Live calls at once
         self.live = Live(
             console=self.console, refresh_per_second=10, get_renderable=self._render
         )
@@ -257,7 +273,9 @@ class TtyDisplay(Display):
 
         elapsed = time.monotonic() - self.started
         done = sum(1 for s in self.steps.values() if s.state in ("done", "cached"))
-        text = Text(f"[+] Building {elapsed:.1f}s ({done}/{len(self.steps)})\n")
+        # BuildKit's summary line ends with FINISHED once the build is over.
+        end = " FINISHED" if self.finished else ""
+        text = Text(f"[+] Building {elapsed:.1f}s ({done}/{len(self.steps)}){end}\n")
         now = time.time()
         for step in self.steps.values():
             if step.state == "cached":
@@ -279,9 +297,11 @@ class TtyDisplay(Display):
         self.warnings.append(text)
 
     def close(self) -> None:
+        self.finished = True
+        self.live.refresh()
         self.live.stop()
         for text in self.warnings:
-            self.console.print(f"WARNING: {text}", highlight=False)
+            self.console.print(f"WARN: {text}", highlight=False)
 
 
 def make_display(mode: str, out: TextIO | None = None) -> Display:

@@ -15,6 +15,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import trio
 
 from buildpy.engine import Engine
 from buildpy.fileops import FileOpError, Ignore, copy, mkdir, mkfile
+from buildpy.mounts import SecretSource, SSHSource, StepMounts, context_bind_actions
 from runtime import Executor, ProcessSpec, UserNotFound, make_bundle
 from snapshotter.errors import SnapshotError
 from solver.errors import ExecutionError
@@ -77,6 +79,8 @@ class BuildWorker:
         ignore: Ignore | None,
         executor: Executor,
         limiter: trio.CapacityLimiter | None = None,
+        secrets: dict[str, SecretSource] | None = None,
+        ssh: dict[str, SSHSource] | None = None,
     ) -> None:
         self.engine = engine
         self.context_dir = context_dir
@@ -84,6 +88,14 @@ class BuildWorker:
         self.executor = executor
         # Blocking filesystem work (hashing, copying, mounting) runs in threads.
         self.limiter = limiter or trio.CapacityLimiter(4)
+        self._details: dict[str, dict[str, list[str]]] = {}
+        self.mounts = StepMounts(
+            engine.root,
+            view=self._source,
+            secrets=secrets,
+            ssh=ssh,
+            overlay_options=engine.snapshots.overlay_options,
+        )
 
     async def _thread(self, fn, *args):  # type: ignore[no-untyped-def]
         return await trio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter)
@@ -95,14 +107,20 @@ class BuildWorker:
 
     async def content_checksum(self, vertex: Vertex) -> str | None:
         op = vertex.op
-        if not isinstance(op, FileOp):
+        if isinstance(op, ExecOp):
+            actions = context_bind_actions(vertex)  # RUN --mount=type=bind
+        elif isinstance(op, FileOp):
+            actions = [
+                a
+                for a in op.actions
+                if isinstance(a, CopyAction)
+                and isinstance(vertex.inputs[a.source].op, ContextSource)
+            ]
+        else:
             return None
         sums: list[str] = []
-        for action in op.actions:
-            if not isinstance(action, CopyAction):
-                continue
-            if not isinstance(vertex.inputs[action.source].op, ContextSource):
-                continue
+        detail: dict[str, list[str]] = {}  # solver.explain names files with it
+        for action in actions:
             try:
                 sums.append(
                     await self._thread(
@@ -110,11 +128,18 @@ class BuildWorker:
                         self.context_dir,
                         action,
                         self.ignore,
+                        detail,
                     )
                 )
             except FileOpError as exc:
                 raise ExecutionError(str(exc)) from exc
+        if sums:
+            self._details[vertex.digest] = detail
         return ",".join(sums) if sums else None
+
+    def content_detail(self, vertex: Vertex) -> dict[str, list[str]] | None:
+        """Per-file detail of the last content_checksum of ``vertex``."""
+        return self._details.get(vertex.digest)
 
     async def exists(self, result: str) -> bool:
         return await self._thread(self.engine.snapshot_exists, result)
@@ -139,23 +164,29 @@ class BuildWorker:
     # --- mounts ---------------------------------------------------------------
 
     @asynccontextmanager
-    async def _active(self, parent: str, target: Path) -> AsyncIterator[str]:
-        """An active snapshot on ``parent`` mounted at ``target``; yields its key.
-        The caller commits it; if it does not, it is removed."""
-        key = "active-" + _new_id()
+    async def _active(self, parent: str, target: Path) -> AsyncIterator[_Active]:
+        """An active snapshot on ``parent`` mounted at ``target``. When the body
+        ends normally the snapshot is unmounted and only then committed (a
+        committed snapshot may at once become another step's lowerdir, so it must
+        no longer be writable); its name is then ``.name``. When the body fails,
+        the snapshot is removed."""
+        active = _Active(key="active-" + _new_id())
         snaps = self.engine.snapshots
-        await self._thread(snaps.prepare, key, parent or None)
+        await self._thread(snaps.prepare, active.key, parent or None)
         try:
             target.mkdir(parents=True, exist_ok=True)
-            await self._thread(snaps.mount, key, target)
+            await self._thread(snaps.mount, active.key, target)
             try:
-                yield key
+                yield active
             finally:
                 with trio.CancelScope(shield=True):
                     await self._thread(snaps.unmount, target)
+            active.name = "step-" + _new_id()
+            await self._thread(snaps.commit, active.key, active.name)
         except BaseException:
-            with trio.CancelScope(shield=True):
-                await self._thread(snaps.remove, key)
+            if active.name is None or not await self._thread(snaps.exists, active.name):
+                with trio.CancelScope(shield=True):
+                    await self._thread(snaps.remove, active.key)
             raise
         finally:
             with trio.CancelScope(shield=True):
@@ -183,16 +214,9 @@ class BuildWorker:
             with trio.CancelScope(shield=True):
                 await self._thread(remove_tree, target)
 
-    async def _commit(self, key: str) -> str:
-        name = "step-" + _new_id()
-        await self._thread(self.engine.snapshots.commit, key, name)
-        return name
-
-    # --- ops ------------------------------------------------------------------
-
     async def _file(self, vertex: Vertex, op: FileOp, inputs: Sequence[str]) -> str:
         target = self.engine.root / "mnt" / ("file-" + _new_id())
-        async with self._active(inputs[0], target) as key:
+        async with self._active(inputs[0], target) as active:
             for action in op.actions:
                 try:
                     if isinstance(action, CopyAction):
@@ -216,17 +240,27 @@ class BuildWorker:
                         await self._thread(mkfile, target, action)
                 except FileOpError as exc:
                     raise ExecutionError(str(exc)) from exc
-            return await self._commit(key)
+        assert active.name is not None
+        return active.name
 
     async def _exec(self, op: ExecOp, inputs: Sequence[str], log: LogSink) -> str:
         cid = "buildpy-" + _new_id()
         bundle = self.engine.root / "bundles" / cid
         rootfs = bundle / "rootfs"
-        spec = ProcessSpec(
-            args=op.args, env=op.env, cwd=op.cwd, user=op.user, network=op.network
-        )
         try:
-            async with self._active(inputs[0], rootfs) as key:
+            async with (
+                self.mounts.private_bundle(op, bundle),
+                self._active(inputs[0], rootfs) as active,
+                self.mounts.prepare(op, inputs, bundle) as extra,
+            ):
+                spec = ProcessSpec(
+                    args=op.args,
+                    env=(*op.env, *extra.env),
+                    cwd=op.cwd,
+                    user=op.user,
+                    network=op.network,
+                    mounts=extra.mounts,
+                )
                 try:
                     await self._thread(make_bundle, bundle, rootfs, spec)
                 except UserNotFound as exc:
@@ -238,10 +272,19 @@ class BuildWorker:
                         f"successfully: exit code: {code}",
                         exit_code=code,
                     )
-                return await self._commit(key)
+            assert active.name is not None
+            return active.name
         finally:
             with trio.CancelScope(shield=True):
                 await self._thread(remove_tree, bundle)
+
+
+@dataclass
+class _Active:
+    """An active snapshot being changed; ``name`` once it is committed."""
+
+    key: str
+    name: str | None = None
 
 
 def _shown_command(args: Sequence[str]) -> str:

@@ -33,6 +33,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from frontend.errors import DockerfileError, suggest
+from frontend.flags import (
+    NETWORK_MODES,
+    SECURITY_MODES,
+    FlagError,
+    MountSpec,
+    check_checksum,
+    check_choice,
+    parse_flags,
+    parse_mount,
+    parse_platform,
+)
 from frontend.parser import (
     AST,
     KEYWORDS,
@@ -46,6 +57,7 @@ from solver.graph import (
     Action,
     ContextSource,
     CopyAction,
+    ExecMount,
     ExecOp,
     FileOp,
     ImageSource,
@@ -98,59 +110,13 @@ class BuildPlan:
 
 # --- flags ------------------------------------------------------------------------
 
-# Per instruction: flag name -> kind ("str", "bool" or "list" for repeatable).
-_FLAGS: dict[str, dict[str, str]] = {
-    "from": {"platform": "str"},
-    "run": {"network": "str", "mount": "list", "security": "str", "device": "list"},
-    "copy": {
-        "from": "str",
-        "chown": "str",
-        "chmod": "str",
-        "link": "bool",
-        "exclude": "list",
-        "parents": "bool",
-    },
-    "add": {
-        "chown": "str",
-        "chmod": "str",
-        "link": "bool",
-        "exclude": "list",
-        "checksum": "str",
-        "keep-git-dir": "bool",
-        "unpack": "bool",
-    },
-    "healthcheck": {
-        "interval": "str",
-        "timeout": "str",
-        "start-period": "str",
-        "start-interval": "str",
-        "retries": "str",
-    },
-}
-
 
 def _parse_flags(node: Instruction, fail: _Fail) -> dict[str, Any]:
-    known = _FLAGS.get(node.keyword, {})
-    values: dict[str, Any] = {}
-    for raw in node.flags:
-        name, has_value, value = raw[2:].partition("=")
-        kind = known.get(name)
-        if kind is None:
-            hint = suggest("--" + name, ["--" + k for k in known])
-            fail(f"unknown flag: --{name}", hint=hint)
-        if kind == "bool":
-            if has_value and value.lower() not in ("true", "false"):
-                fail(f"expecting boolean value for flag --{name}, not: {value}")
-            values[name] = value.lower() != "false"
-        elif not has_value:
-            fail(f"missing a value on flag: --{name}")
-        elif kind == "list":
-            values.setdefault(name, []).append(value)
-        elif name in values:
-            fail(f"duplicate flag specified: --{name}")
-        else:
-            values[name] = value
-    return values
+    """The node's flags by name (frontend.flags), errors pointing at the node."""
+    try:
+        return parse_flags(node.keyword, node.flags)
+    except FlagError as exc:
+        return fail(exc.message, hint=exc.hint)
 
 
 class _Fail:
@@ -318,7 +284,9 @@ class _Converter:
         self.stages: dict[int, _Stage] = {}
         self._context: Vertex | None = None
         self._images: dict[str, ResolvedImage] = {}
-        self.warnings: list[str] = list(ast.warnings)
+        # The parser's own warnings (empty continuation lines) come back as
+        # the NoEmptyContinuation check, see check_rules.
+        self.warnings: list[str] = []
 
     def fail_at(self, node: Instruction) -> _Fail:
         return _Fail(self.filename, node)
@@ -342,6 +310,8 @@ class _Converter:
     def split_stages(self) -> None:
         predefined = self.predefined_args()
         scope: dict[str, str] = dict(predefined)
+        # FROM lines and RUN --mount from= see the global scope, as it ends up.
+        self.meta_scope = scope
         for key in predefined:
             if key in self.build_args:
                 scope[key] = self.build_args[key]
@@ -399,10 +369,23 @@ class _Converter:
         if not base:
             fail(f"base name ({words[0]}) should not be blank")
         if "platform" in flags:
-            self.expand(flags["platform"], scope, fail)
+            self.check_platform(self.expand(flags["platform"], scope, fail), fail)
         define = _StageDef(len(self.stage_defs), name, node, base, [])
         self.stage_defs.append(define)
         return define
+
+    def check_platform(self, value: str, fail: _Fail) -> None:
+        """FROM --platform: buildpy builds for the host's platform only."""
+        try:
+            os_, arch, _ = parse_platform(value)
+        except FlagError as exc:
+            fail(exc.message)
+            return
+        if (os_, arch) != tuple(self.platform):
+            fail(
+                f"FROM --platform={value}: building for another platform than "
+                f"{'/'.join(self.platform)} is not supported yet"
+            )
 
     def arg_pairs(
         self, node: Instruction, scope: Mapping[str, str]
@@ -448,14 +431,42 @@ class _Converter:
                 define.base_stage = base.index
                 define.deps.append(base.index)
             for node in define.nodes:
-                if node.keyword != "copy":
+                if node.keyword == "run":
+                    froms = [m.from_ for m in self.mount_specs(node, None)]
+                elif node.keyword == "copy":
+                    froms = [_parse_flags(node, self.fail_at(node)).get("from")]
+                else:
                     continue
-                value = _parse_flags(node, self.fail_at(node)).get("from")
-                if value is None:
-                    continue
-                dep = self.from_stage(value, node)
-                if dep is not None:
-                    define.deps.append(dep.index)
+                for value in froms:
+                    dep = self.from_stage(value, node) if value else None
+                    if dep is not None:
+                        define.deps.append(dep.index)
+
+    def mount_specs(
+        self, node: Instruction, env: Mapping[str, str] | None
+    ) -> list[MountSpec]:
+        """The RUN's --mount flags; values expanded with ``env`` when given."""
+        fail = self.fail_at(node)
+
+        def expand(word: str) -> str:
+            return self.expand(word, env or {}, fail)
+
+        def expand_from(word: str) -> str:
+            return self.expand(word, self.meta_scope, fail)
+
+        specs = []
+        for value in _parse_flags(node, fail).get("mount", []):
+            try:
+                specs.append(
+                    parse_mount(
+                        value,
+                        expand=None if env is None else expand,
+                        expand_from=expand_from,
+                    )
+                )
+            except FlagError as exc:
+                fail(f"--mount={value}: {exc.message}", hint=exc.hint)
+        return specs
 
     def from_stage(self, value: str, node: Instruction) -> _StageDef | None:
         """The stage ``COPY --from=value`` names, or None for an image."""
@@ -539,9 +550,14 @@ class _Converter:
         if ref not in self._images:
             try:
                 self._images[ref] = self.resolve_image(ref)
-            except LookupError:
+            except LookupError as exc:
+                # A resolver that tried a registry says why in ``detail``.
+                detail = getattr(exc, "detail", "")
                 self.fail_at(node)(
-                    f"base image {ref} not found in the local store; import it "
+                    f"base image {ref} not found in the local store nor pulled: "
+                    f"{detail}"
+                    if detail
+                    else f"base image {ref} not found in the local store; import it "
                     "with `buildpy import` or pull it"
                 )
         return self._images[ref]
@@ -629,17 +645,27 @@ class _Converter:
         raise AssertionError("FROM starts a stage; split_stages handles it")
 
     def do_run(self, stage: _Stage, node: Instruction, step, flags, fail) -> None:
-        if flags.get("mount"):
-            fail("RUN --mount is not supported yet")
         if flags.get("device"):
             fail("RUN --device is not supported yet")
-        if flags.get("security", "sandbox") != "sandbox":
-            fail("RUN --security=insecure is not supported yet")
-        network = flags.get("network", "default")
-        if network not in ("default", "none", "host"):
-            fail(
-                f"unsupported network mode {network!r}: expected default, none or host"
+        env = stage.env_map()
+        try:
+            network = check_choice(
+                "network",
+                self.expand(flags.get("network", "default"), env, fail),
+                NETWORK_MODES,
             )
+            security = check_choice(
+                "security",
+                self.expand(flags.get("security", "sandbox"), env, fail),
+                SECURITY_MODES,
+            )
+        except FlagError as exc:
+            fail(exc.message, hint=exc.hint)
+        inputs = [stage.root]
+        mounts = tuple(
+            self.exec_mount(stage, spec, inputs, node, ssh_index)
+            for ssh_index, spec in enumerate(self.mount_specs(node, env))
+        )
         if not node.args:
             fail("RUN requires at least one argument")
         args = [a for a in node.args if isinstance(a, str)]
@@ -652,9 +678,11 @@ class _Converter:
             cwd=cwd,
             user=stage.inner.get("User") or "",
             network=self.network if network == "default" else network,
+            mounts=mounts,
+            security=security,
         )
         stage.root = Vertex(
-            op, (stage.root,), self.meta(stage.define, step, self.display(node), node)
+            op, tuple(inputs), self.meta(stage.define, step, self.display(node), node)
         )
         env = stage.env_map()
         arg_words = [f"{k}={env.get(k, v or '')}" for k, v in stage.args.items()]
@@ -662,16 +690,70 @@ class _Converter:
         created_by = "RUN " + " ".join([*prefix, *args]) + " # buildkit"
         stage.history.append(HistoryEntry(created_by, False, stage.root))
 
+    def exec_mount(
+        self,
+        stage: _Stage,
+        spec: MountSpec,
+        inputs: list[Vertex],
+        node: Instruction,
+        index: int,
+    ) -> ExecMount:
+        """One RUN --mount as the ExecOp's mount; adds the input it reads.
+
+        A bind mount reads ``from`` (a stage or an image) or else the context;
+        a cache mount reads ``from`` only when given (its seed). Relative
+        targets are relative to the WORKDIR, as in BuildKit.
+        """
+        target = spec.target
+        if spec.type == "ssh" and not target:
+            target = f"/run/buildkit/ssh_agent.{index}"
+        if target:
+            workdir = stage.inner.get("WorkingDir") or "/"
+            target = posixpath.normpath(posixpath.join("/", workdir, target))
+            target = "/" + target.lstrip("/")
+            if target == "/":
+                self.fail_at(node)(
+                    f"invalid --mount target {spec.target!r}: a mount cannot "
+                    "cover the root filesystem"
+                )
+        input_index = None
+        if spec.type == "bind" or (spec.type == "cache" and spec.from_):
+            source_vertex = None
+            if spec.from_:
+                source_vertex = self.copy_source(node, {"from": spec.from_})
+            vertex = source_vertex or self.context()
+            if vertex not in inputs:
+                inputs.append(vertex)
+            input_index = inputs.index(vertex)
+        source = spec.source
+        if input_index is not None:
+            source = "/" + posixpath.normpath("/" + source).lstrip("/")
+        return ExecMount(
+            type=spec.type,
+            target=target,
+            input=input_index,
+            source=source,
+            readonly=spec.readonly,
+            id=spec.id,
+            sharing=spec.sharing or "shared",
+            mode=spec.mode,
+            uid=spec.uid,
+            gid=spec.gid,
+            size=spec.size,
+            required=spec.required,
+            env=spec.env or "",
+        )
+
     def run_script(self, text: str, node: Instruction, fail: _Fail) -> str:
         if not node.heredocs:
             return text
         doc = node.heredocs[0]
         if len(node.heredocs) == 1 and _heredoc_name(text.strip()) is not None:
-            if doc.content.startswith("#!"):
+            if doc.body.startswith("#!"):
                 fail("RUN with a #! heredoc script is not supported yet")
-            return doc.content
+            return doc.body
         # Anything else goes to the shell as a shell heredoc, bodies included.
-        bodies = "".join(f"{d.content}{d.name}\n" for d in node.heredocs)
+        bodies = "".join(f"{d.body}{d.name}\n" for d in node.heredocs)
         return f"{text}\n{bodies}"
 
     def shell(self, stage: _Stage) -> list[str]:
@@ -697,9 +779,9 @@ class _Converter:
     def do_copy(self, stage, node, step, flags, fail, is_add: bool = False) -> None:
         keyword = "ADD" if is_add else "COPY"
         if flags.get("parents"):
+            # The copy action cannot yet tell a directory source from a file
+            # one at conversion time, which --parents needs.
             fail(f"{keyword} --parents is not supported yet")
-        if "checksum" in flags:
-            fail("ADD --checksum is not supported yet")
         words = [a for a in node.args if isinstance(a, str)]
         if len(words) < 2:
             fail(
@@ -713,7 +795,7 @@ class _Converter:
         for word in words[:-1]:
             doc = heredocs.get(_heredoc_name(word) or "")
             if doc is not None:
-                data = doc.content
+                data = doc.body
                 if doc.expand:
                     data = self.heredoc_expand(data, env, fail)
                 files.append((doc.name, data))
@@ -722,6 +804,15 @@ class _Converter:
             if re.match(r"^(https?|git)://|^git@", source):
                 fail(f"{keyword} of a URL or git repository is not supported yet")
             sources.append(source)
+        if "checksum" in flags:
+            try:
+                check_checksum(self.expand(flags["checksum"], env, fail))
+            except FlagError as exc:
+                fail(exc.message)
+            # URL and git sources failed above ("not supported yet").
+            fail("ADD --checksum can only be used with URL and git sources")
+        # --link gives the same files (only the cache differs in BuildKit) and
+        # --keep-git-dir matters for git sources only: both are accepted.
         raw_dest = self.expand(words[-1], env, fail)
         dest = self.resolve_dest(stage, raw_dest)
         if len(words) > 2 and not dest.endswith("/"):
@@ -808,6 +899,8 @@ class _Converter:
         env = stage.env_map()
         pairs = []
         args = [a for a in node.args if isinstance(a, str)]
+        if not args:
+            fail("ENV requires at least one argument")
         for i in range(0, len(args), 3):
             key = self.expand(args[i], env, fail)
             if not key:
@@ -1065,7 +1158,7 @@ def convert(
     Raises DockerfileError for every problem of the Dockerfile.
     """
     ast = parse(text, filename=filename)
-    return _Converter(
+    converter = _Converter(
         ast,
         build_args=build_args or {},
         target=target,
@@ -1074,4 +1167,50 @@ def convert(
         network=network,
         no_cache=no_cache,
         platform=platform,
-    ).run()
+    )
+    plan = converter.run()
+    check_rules(converter, text)
+    return plan
+
+
+def check_rules(converter: _Converter, text: str) -> None:
+    """The build checks (frontend.lint) as warnings of the plan; with
+    ``# check=error=true`` a finding fails the conversion."""
+    from frontend.lint import lint
+
+    images = converter._images
+
+    def base_env(ref: str) -> list[str] | None:
+        image = images.get(ref)
+        if image is None:
+            return None
+        return (image.config.get("config") or {}).get("Env") or []
+
+    def base_platform(ref: str) -> str | None:
+        image = images.get(ref)
+        if image is None or "architecture" not in image.config:
+            return None
+        return f"{image.config.get('os', 'linux')}/{image.config['architecture']}"
+
+    result = lint(
+        text,
+        filename=converter.filename,
+        ast=converter.ast,
+        build_args=converter.build_args,
+        dockerignore=converter.dockerignore,
+        base_env=base_env,
+        base_platform=base_platform,
+        platform="/".join(converter.platform),
+    )
+    converter.warnings.extend(f.line_text() for f in result.findings)
+    if result.failed:
+        first = result.findings[0]
+        rules = ", ".join(sorted({f.rule for f in result.findings}))
+        raise DockerfileError(
+            f"lint violations found for rules: {rules} (the check directive sets "
+            "error=true)",
+            filename=converter.filename,
+            line=first.lines[0],
+            column=1,
+            end_line=first.lines[1],
+        )

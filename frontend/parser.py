@@ -26,7 +26,9 @@ Positions are 1-based. ``end_line`` includes a heredoc's terminator line.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import unicodedata
 from collections.abc import Callable, Iterator
@@ -35,10 +37,12 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from lark import Lark, Token, Tree
+import lark
+from lark import Lark, Token
 from lark.exceptions import LarkError
 
 from frontend.errors import DockerfileError
+from frontend.shell import ShellError, shell_words
 
 KNOWN_DIRECTIVES = ("syntax", "escape", "check")
 
@@ -53,8 +57,9 @@ _HEREDOC_KEYWORDS = frozenset({"run", "copy", "add"})
 class Heredoc:
     """A here-document: ``<<NAME`` on the instruction line, body below it.
 
-    ``content`` ends with a newline per body line; with ``<<-`` (``chomp``) the
-    leading tabs of every body line are already removed. ``expand`` is False
+    ``content`` ends with a newline per body line, as written (BuildKit's AST
+    keeps the tabs); ``body`` is what the instruction uses: with ``<<-``
+    (``chomp``) the leading tabs of every line removed. ``expand`` is False
     when the name was quoted (no variable expansion of the body).
     """
 
@@ -63,6 +68,12 @@ class Heredoc:
     expand: bool = True
     chomp: bool = False
     fd: int | None = None
+
+    @property
+    def body(self) -> str:
+        if not self.chomp:
+            return self.content
+        return "".join(line.lstrip("\t") for line in self.content.splitlines(True))
 
 
 @dataclass
@@ -97,6 +108,8 @@ class AST:
     escape: str = "\\"
     filename: str = "Dockerfile"
     warnings: list[str] = field(default_factory=list)
+    # Blank lines inside continuations (the NoEmptyContinuation check).
+    empty_continuations: list[int] = field(default_factory=list)
 
     @property
     def start_line(self) -> int:
@@ -140,12 +153,35 @@ def read_directives(text: str, filename: str = "Dockerfile") -> dict[str, str]:
 # --- step 2: the grammar --------------------------------------------------------
 
 
+def grammar_cache_dir() -> Path | None:
+    """Where compiled grammars are kept: $XDG_CACHE_HOME/buildpy, else
+    ~/.cache/buildpy; None when it cannot be made or written (no disk cache)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    directory = Path(base) / "buildpy"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return directory if os.access(directory, os.W_OK | os.X_OK) else None
+
+
+def _grammar_cache_file(grammar: str) -> str | bool:
+    """The cache file for one grammar text: its name holds the text's and
+    Lark's version, so a changed grammar or Lark never reads a stale file."""
+    directory = grammar_cache_dir()
+    if directory is None:
+        return False
+    key = hashlib.sha256(f"{lark.__version__}\0{grammar}".encode()).hexdigest()
+    return str(directory / f"dockerfile-{key[:24]}.lark-cache")
+
+
 @cache
 def _lark(escape: str) -> Lark:
     """The compiled line grammar for one escape token.
 
-    ``cache=True`` keeps Lark's analysis in a temp file, so a fresh process
-    skips grammar compilation; ``@cache`` keeps the parser within a process.
+    The analysis is kept in a file (``grammar_cache_dir``), so a fresh process
+    skips grammar compilation, which is most of a no-op rebuild's start-up;
+    ``@cache`` keeps the parser within a process.
     """
     grammar = resources.files("frontend").joinpath("dockerfile.lark").read_text()
     grammar = grammar.replace("@ESC@", re.escape(escape))
@@ -156,7 +192,7 @@ def _lark(escape: str) -> Lark:
         postlex=_LinePostLex(escape),
         propagate_positions=True,
         maybe_placeholders=False,
-        cache=True,
+        cache=_grammar_cache_file(grammar),
     )
 
 
@@ -259,6 +295,8 @@ def heredocs_of_line(line: str) -> list[Heredoc]:
 
     Only RUN, COPY and ADD in shell form (also under ONBUILD) take heredocs.
     """
+    if "<<" not in line:
+        return []  # the common case, and the shell lexer below is slow
     try:
         keyword, _, rest = _split_command(line, "\\")
     except DockerfileError:
@@ -269,8 +307,14 @@ def heredocs_of_line(line: str) -> list[Heredoc]:
         keyword = keyword.lower()
     if keyword not in _HEREDOC_KEYWORDS or _json_array(rest) is not None:
         return []
+    try:
+        # As BuildKit: the line's shell words (raw quotes and escapes, nothing
+        # set); a line the shell lexer rejects opens no heredoc.
+        words = shell_words(line)
+    except ShellError:
+        return []
     docs = []
-    for word in parse_words(line, "\\"):
+    for word in words:
         doc = parse_heredoc(word)
         if doc is not None:
             docs.append(doc)
@@ -305,7 +349,9 @@ def _split_command(line: str, escape: str) -> tuple[str, list[str], str]:
     parts = _WHITESPACE_RE.split(line.strip(), maxsplit=1)
     if len(parts) < 2:
         return parts[0], [], ""
-    rest, flags = _extract_flags(parts[1], escape)
+    # BuildKit reads flags with a backslash escape whatever the directive says
+    # (extractBuilderFlags); the differential tests hold it to that.
+    rest, flags = _extract_flags(parts[1], "\\")
     return parts[0], flags, rest.strip()
 
 
@@ -401,6 +447,9 @@ def parse_words(rest: str, escape: str) -> list[str]:
     return words
 
 
+_JSON_DECODER = json.JSONDecoder()
+
+
 class _NotStrings(Exception):
     """A JSON array with an element that is not a string."""
 
@@ -411,7 +460,9 @@ def _json_array(rest: str) -> list[str] | None:
     if not rest.startswith("["):
         return None
     try:
-        value = json.loads(rest)
+        # Go's json.Decoder reads the first value and ignores what follows it
+        # (`RUN ["a"]x` is ["a"]), so raw_decode, not loads.
+        value, _ = _JSON_DECODER.raw_decode(rest)
     except ValueError:
         return None
     if not isinstance(value, list):
@@ -464,8 +515,8 @@ def _name_value(keyword: str) -> Callable[[str, str], _Parsed]:
     def parse(rest: str, escape: str) -> _Parsed:
         words = parse_words(rest, escape)
         if not words:
-            if keyword == "ENV":
-                raise _ArgError("ENV must have two arguments")
+            # Not an error of the parse in BuildKit: the instruction's checks
+            # (convert) refuse an empty ENV.
             return [], False
         if "=" not in words[0]:
             parts = _WHITESPACE_RE.split(rest, maxsplit=1)
@@ -552,7 +603,7 @@ def parse(text: str, filename: str = "Dockerfile") -> AST:
     directives = read_directives(text, filename)
     escape = directives.get("escape", "\\")
     try:
-        tree = _lark(escape).parse(text)
+        groups = list(_group(_lark(escape).lex(text)))
     except _UnterminatedHeredoc as exc:
         raise DockerfileError(
             f"unterminated heredoc {exc.name}: no line {exc.name} ends it",
@@ -566,24 +617,62 @@ def parse(text: str, filename: str = "Dockerfile") -> AST:
             f"syntax error: {exc}", filename=filename, line=line
         ) from None
     ast = AST([], directives, escape, filename)
-    for child in tree.children:
-        if isinstance(child, Tree):
-            ast.instructions.append(_instruction(child, escape, ast))
+    for lines, bodies in groups:
+        ast.instructions.append(_instruction(lines, bodies, escape, ast))
     if not ast.instructions:
         raise DockerfileError("file with no instructions", filename=filename)
     return ast
 
 
-def _instruction(tree: Tree, escape: str, ast: AST) -> Instruction:
-    tokens = [t for t in tree.children if isinstance(t, Token)]
+_Group = tuple[list[Token], list[list[Token]]]
+
+
+def _group(stream: Iterator[Token]) -> Iterator[_Group]:
+    """Line tokens -> (an instruction's lines, its heredoc bodies).
+
+    This walks the token stream as the grammar's ``instruction`` rule reads it
+    (the LALR parser would give the same tree, at three times the cost): an
+    instruction is a LINE, or a CONT and its continuation lines up to the
+    CONT_LAST, then its heredoc bodies, each ending with HEREDOC_END.
+    """
+    lines: list[Token] | None = None
+    bodies: list[list[Token]] = []
+    body: list[Token] = []
+    in_continuation = False
+    for token in stream:
+        kind = token.type
+        if in_continuation:
+            assert lines is not None
+            lines.append(token)
+            in_continuation = kind != "CONT_LAST"
+            continue
+        if kind in ("HEREDOC_LINE", "HEREDOC_END"):
+            body.append(token)
+            if kind == "HEREDOC_END":
+                bodies.append(body)
+                body = []
+            continue
+        if lines is not None:
+            yield lines, bodies
+        lines, bodies = None, []
+        if kind in ("LINE", "CONT"):
+            lines, in_continuation = [token], kind == "CONT"
+    if lines is not None:
+        yield lines, bodies
+
+
+def _instruction(
+    tokens: list[Token], bodies: list[list[Token]], escape: str, ast: AST
+) -> Instruction:
     logical = _LogicalLine(escape)
     for token in tokens:
         if token.type == "CONT_BLANK":
             ast.warnings.append(f"{ast.filename}:{token.line}: empty continuation line")
+            ast.empty_continuations.append(token.line)
         elif token.type != "CONT_COMMENT":
             logical.add(token.value)
     first = tokens[0]
-    last_token = _last_token(tree)
+    last_token = bodies[-1][-1] if bodies else tokens[-1]
     start_column = first.column + len(first.value) - len(first.value.lstrip())
     try:
         node = _instruction_from_line(logical.text, escape)
@@ -596,11 +685,8 @@ def _instruction(tree: Tree, escape: str, ast: AST) -> Instruction:
             end_line=last_token.line,
         ) from None
     docs = heredocs_of_line(logical.text)
-    bodies = [t for t in tree.children if isinstance(t, Tree)]
     for doc, body in zip(docs, bodies, strict=False):
-        lines = [t.value for t in body.children[:-1]]
-        if doc.chomp:
-            lines = [line.lstrip("\t") for line in lines]
+        lines = [t.value for t in body[:-1]]
         doc.content = "".join(
             line if line.endswith("\n") else line + "\n" for line in lines
         )
@@ -609,15 +695,6 @@ def _instruction(tree: Tree, escape: str, ast: AST) -> Instruction:
     node.end_line = last_token.line
     node.end_column = last_token.column + len(_strip_newline(last_token.value))
     return node
-
-
-def _last_token(tree: Tree) -> Token:
-    for child in reversed(tree.children):
-        if isinstance(child, Token):
-            return child
-        if child.children:
-            return _last_token(child)
-    raise AssertionError("an instruction always has a line")
 
 
 # --- BuildKit's dump format -----------------------------------------------------

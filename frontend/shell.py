@@ -357,6 +357,12 @@ def process_words(
     return _run(_lexer(word, env, escape), word)[1]
 
 
+def shell_words(line: str) -> list[str]:
+    """The words of a line with quotes and escapes kept and no variable set, as
+    BuildKit's parser finds heredocs. Raises ShellError (unterminated quote)."""
+    return _run(_lexer(line, {}, "\\", raw_quotes=True, raw_escapes=True), line)[1]
+
+
 def used_variables(word: str, env: Mapping[str, str], *, escape: str = "\\") -> set:
     """The names a word refers to (set or not): for "build arg not used"."""
     lexer = _lexer(word, env, escape)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from runtime._libc import mount, umount2
 from runtime.errors import (
     ExecutorError,
     ExecutorUnavailable,
@@ -46,6 +47,8 @@ __all__ = [
     "UserNotFound",
     "find_executor",
     "make_bundle",
+    "mount",
+    "umount2",
 ]
 
 

@@ -55,9 +55,17 @@ class Executor(Protocol):
     name: str
 
     async def run(
-        self, bundle_dir: Path, container_id: str, output: OutputSink | None = None
+        self,
+        bundle_dir: Path,
+        container_id: str,
+        output: OutputSink | None = None,
+        *,
+        stdin: bool = True,
     ) -> int:
-        """Run the bundle as container ``container_id``; return its exit code."""
+        """Run the bundle as container ``container_id``; return its exit code.
+
+        Without ``output`` the container shares our stdio (``buildpy run``);
+        its stdin is ours only when ``stdin`` is true, else /dev/null."""
         ...
 
 
@@ -94,7 +102,12 @@ class _ProcessExecutor:
         raise NotImplementedError
 
     async def run(
-        self, bundle_dir: Path, container_id: str, output: OutputSink | None = None
+        self,
+        bundle_dir: Path,
+        container_id: str,
+        output: OutputSink | None = None,
+        *,
+        stdin: bool = True,
     ) -> int:
         if not _CONTAINER_ID.match(container_id):
             raise InternalError(
@@ -104,7 +117,7 @@ class _ProcessExecutor:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._before(bundle_dir, container_id)
         try:
-            code = await self._run_process(bundle_dir, container_id, output)
+            code = await self._run_process(bundle_dir, container_id, output, stdin)
             reason = self._startup_failure(bundle_dir, container_id)
             if code != 0 and reason is not None:
                 raise ExecutorError(f"{self.name}: {reason}", executor=self.name)
@@ -114,14 +127,19 @@ class _ProcessExecutor:
             remove_stubs(bundle_dir)
 
     async def _run_process(
-        self, bundle_dir: Path, container_id: str, output: OutputSink | None
+        self,
+        bundle_dir: Path,
+        container_id: str,
+        output: OutputSink | None,
+        stdin: bool,
     ) -> int:
         argv = self._argv(bundle_dir, container_id)
         piped = subprocess.PIPE if output is not None else None
+        keep_stdin = output is None and stdin
         try:
             proc = await trio.lowlevel.open_process(
                 argv,
-                stdin=subprocess.DEVNULL if output is not None else None,
+                stdin=None if keep_stdin else subprocess.DEVNULL,
                 stdout=piped,
                 stderr=piped,
                 env=self._env(),

@@ -14,7 +14,8 @@ The config follows what docker gives a build step (BuildKit's executor/oci):
 the default mounts, masked and read-only paths and capability set of runc's
 default spec; pid, mount, uts and ipc namespaces, plus a network namespace only
 for network "none"; no rlimits (this machine has no CAP_SYS_RESOURCE, so asking
-for any above the current hard limit fails) and no cgroup resource limits.
+for any above the current hard limit fails) and no cgroup resource limits;
+docker's default seccomp profile (runtime.seccomp), which runc and crun apply.
 
 Mount-point stubs: a runtime creates the destination of every mount that is
 missing in the rootfs (an empty /proc, /etc/hosts, ...). Those must not land in
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import StepSpecError, UserNotFound
+from runtime.seccomp import default_profile
 
 OCI_VERSION = "1.0.2"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -111,6 +113,7 @@ class ProcessSpec:
     hostname: str = DEFAULT_HOSTNAME
     mounts: Sequence[Mount] = ()
     terminal: bool = False
+    seccomp: bool = True  # docker's default profile (runtime.seccomp)
 
 
 @dataclass(frozen=True)
@@ -350,6 +353,17 @@ def build_config(
         }
         for m in spec.mounts
     ]
+    linux: dict[str, Any] = {
+        # Device access is a security setting, not a resource limit: deny
+        # all but the default nodes, as containerd's default spec does.
+        "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+        "namespaces": namespaces,
+        "maskedPaths": list(MASKED_PATHS),
+        "readonlyPaths": list(READONLY_PATHS),
+    }
+    profile = default_profile() if spec.seccomp else None
+    if profile is not None:
+        linux["seccomp"] = profile
     return {
         "ociVersion": OCI_VERSION,
         "process": {
@@ -372,14 +386,7 @@ def build_config(
         "root": {"path": str(rootfs), "readonly": False},
         "hostname": spec.hostname,
         "mounts": _default_mounts(bundle_dir) + extra_mounts,
-        "linux": {
-            # Device access is a security setting, not a resource limit: deny
-            # all but the default nodes, as containerd's default spec does.
-            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
-            "namespaces": namespaces,
-            "maskedPaths": list(MASKED_PATHS),
-            "readonlyPaths": list(READONLY_PATHS),
-        },
+        "linux": linux,
     }
 
 

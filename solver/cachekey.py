@@ -87,11 +87,22 @@ def cache_key(vertex: Vertex, input_keys: Sequence[str], content: str | None) ->
 @dataclass(frozen=True)
 class KeyOrigin:
     """What a cache key was computed from, kept beside its record so that a later
-    miss can say which part differs (CacheStore.explain_miss)."""
+    miss can say which part differs (CacheStore.explain_miss).
+
+    The first three fields are what the key covers. The rest only serve the
+    explanation and never feed a key: ``op`` is the op's encoding (to name the
+    field, the build arg or the base image that changed), ``name`` the step as
+    progress shows it, ``detail`` what the worker's ``content_detail`` gave (one
+    entry per file read from the context: its path and what of it the key
+    covers), so that a content change names the file.
+    """
 
     op_digest: str
     input_keys: tuple[str, ...]
     content: str | None
+    op: dict[str, Any] | None = None
+    name: str = ""
+    detail: dict[str, list[str]] | None = None
 
 
 def op_digest(vertex: Vertex) -> str:
@@ -100,6 +111,16 @@ def op_digest(vertex: Vertex) -> str:
 
 
 def key_origin(
-    vertex: Vertex, input_keys: Sequence[str], content: str | None
+    vertex: Vertex,
+    input_keys: Sequence[str],
+    content: str | None,
+    detail: dict[str, list[str]] | None = None,
 ) -> KeyOrigin:
-    return KeyOrigin(op_digest(vertex), tuple(input_keys), content)
+    return KeyOrigin(
+        op_digest(vertex),
+        tuple(input_keys),
+        content,
+        op=vertex.op.encode(),
+        name=vertex.meta.name,
+        detail=detail,
+    )

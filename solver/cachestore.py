@@ -8,8 +8,10 @@ locking keeps concurrent builds (other connections, other processes) apart.
 
 Beside each record the store keeps what its key was computed from (the op's
 digest, the input keys as a JSON array, the content checksum: a
-``cachekey.KeyOrigin``), so that a miss can be explained by the nearest earlier
-record: ``explain_miss`` says which part of the key changed.
+``cachekey.KeyOrigin``, with the op's encoding, the step's name and the
+per-file detail of a context copy), so that a miss can be explained by the
+nearest earlier record: ``explain_miss`` says what differs from it, down to the
+file, the build arg or the base image digest (solver.explain).
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from solver import explain
 from solver.cachekey import KeyOrigin, cache_key, key_origin
 from solver.errors import SolveError
 from solver.graph import Vertex
@@ -37,20 +40,30 @@ CREATE TABLE IF NOT EXISTS cache_records (
     last_used REAL NOT NULL,   -- time.time() of the last put or touch
     op_digest TEXT,            -- KeyOrigin: sha256 of the op's encoding
     input_keys TEXT,           -- KeyOrigin: JSON array of the input keys
-    content TEXT               -- KeyOrigin: the content checksum, or NULL
+    content TEXT,              -- KeyOrigin: the content checksum, or NULL
+    op TEXT,                   -- KeyOrigin: the op's encoding (JSON), explanation only
+    name TEXT,                 -- KeyOrigin: the step's name, explanation only
+    detail TEXT                -- KeyOrigin: per-file detail (JSON), explanation only
 );
 CREATE INDEX IF NOT EXISTS cache_records_op_digest ON cache_records(op_digest);
 CREATE INDEX IF NOT EXISTS cache_records_input_keys ON cache_records(input_keys);
 """
 
-_COLUMNS = "key, result, created, last_used, op_digest, input_keys, content"
+# Columns added after the first release of the table, added in place to an older
+# database by init_schema (they only serve explanations: NULL is fine).
+_ADDED_COLUMNS = ("op", "name", "detail")
 
-# The answers of explain_miss, nearest record first.
-MISS_RESULT_GONE = "its earlier result no longer exists"
-MISS_CONTENT = "content of the files it reads changed"
-MISS_INPUT = "input step changed"
-MISS_INSTRUCTION = "instruction changed"
-MISS_NO_RECORD = "no earlier record"
+_COLUMNS = (
+    "key, result, created, last_used, op_digest, input_keys, content, op, name, detail"
+)
+
+# The answers of explain_miss that need no detail; the rest are built by
+# solver.explain, which these names are re-exported from.
+MISS_RESULT_GONE = explain.RESULT_GONE
+MISS_CONTENT = explain.CONTENT
+MISS_INPUT = explain.INPUT
+MISS_INSTRUCTION = explain.INSTRUCTION
+MISS_NO_RECORD = explain.NO_RECORD
 
 
 class CacheStoreError(SolveError):
@@ -85,6 +98,23 @@ class CacheStore:
 
     def init_schema(self) -> None:
         self._guarded("create the table", lambda: self._conn.executescript(_SCHEMA))
+        have = {
+            row[1]
+            for row in self._guarded(
+                "read the table's columns",
+                lambda: self._conn.execute(
+                    "PRAGMA table_info(cache_records)"
+                ).fetchall(),
+            )
+        }
+        for column in _ADDED_COLUMNS:
+            if column not in have:
+                self._guarded(
+                    f"add the column {column}",
+                    lambda column=column: self._conn.execute(  # type: ignore[misc]
+                        f"ALTER TABLE cache_records ADD COLUMN {column} TEXT"
+                    ),
+                )
 
     def get(self, key: str) -> str | None:
         """The result recorded for ``key``, or None."""
@@ -100,23 +130,16 @@ class CacheStore:
         """Record ``result`` for ``key``, replacing an earlier one; ``created``
         stays that of the first record."""
         now = self._clock()
-        inputs = None if origin is None else json.dumps(list(origin.input_keys))
-        params: tuple[Any, ...] = (
-            key,
-            result,
-            now,
-            now,
-            None if origin is None else origin.op_digest,
-            inputs,
-            None if origin is None else origin.content,
-        )
+        params: tuple[Any, ...] = (key, result, now, now, *_origin_columns(origin))
         self._guarded(
             f"write {key}",
             lambda: self._conn.execute(
-                f"INSERT INTO cache_records ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                f"INSERT INTO cache_records ({_COLUMNS})"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(key) DO UPDATE SET result = excluded.result,"
                 " last_used = excluded.last_used, op_digest = excluded.op_digest,"
-                " input_keys = excluded.input_keys, content = excluded.content",
+                " input_keys = excluded.input_keys, content = excluded.content,"
+                " op = excluded.op, name = excluded.name, detail = excluded.detail",
                 params,
             ),
         )
@@ -149,50 +172,98 @@ class CacheStore:
         )
         return [_record(row) for row in rows]
 
-    def explain_miss(
-        self, vertex: Vertex, input_keys: Sequence[str], content: str | None
-    ) -> str:
-        """Why no usable record exists for the key of ``vertex``: one of the
-        ``MISS_*`` phrases, from the nearest earlier record.
+    def record(self, key: str) -> CacheRecord | None:
+        """The whole record of ``key``, or None."""
+        row = self._guarded(
+            f"read {key}",
+            lambda: self._conn.execute(
+                f"SELECT {_COLUMNS} FROM cache_records WHERE key = ?", (key,)
+            ).fetchone(),
+        )
+        return None if row is None else _record(row)
 
-        Nearest means, in this order: the same key (its result is gone); the
-        same op and inputs (so the content differs); the same op (an input
-        differs); the same inputs, for a vertex that has some (the instruction
-        differs: a step edited in place on the same parent).
+    def explain_miss(
+        self,
+        vertex: Vertex,
+        input_keys: Sequence[str],
+        content: str | None,
+        detail: dict[str, list[str]] | None = None,
+        build_args: Collection[str] = (),
+    ) -> str:
+        """Why no usable record exists for the key of ``vertex``, in one line.
+
+        The nearest earlier record is, in this order: the same key (its result
+        is gone); the same op and inputs (so the content differs); the same op
+        (an input differs); the same inputs, for a vertex that has some (the
+        instruction differs: a step edited in place on the same parent); the
+        same step name (several parts differ). The most recently used one
+        wins. What differs from it is said by solver.explain: the files, the
+        build args (``build_args`` names them; other variables are "env"),
+        the base image digest, the parent step, the instruction.
         """
-        origin = key_origin(vertex, input_keys, content)
-        inputs = json.dumps(list(origin.input_keys))
+        origin = key_origin(vertex, input_keys, content, detail)
         key = cache_key(vertex, input_keys, content)
         if self.get(key) is not None:
             return MISS_RESULT_GONE
-        probes: list[tuple[str, str, tuple[Any, ...]]] = [
-            (
-                MISS_CONTENT,
-                "op_digest = ? AND input_keys = ?",
-                (origin.op_digest, inputs),
-            ),
-            (MISS_INPUT, "op_digest = ?", (origin.op_digest,)),
+        nearest = self._nearest(origin)
+        if nearest is None or nearest.origin is None:
+            return MISS_NO_RECORD
+        return explain.describe(
+            vertex, origin, nearest.origin, self._input_op, build_args
+        )
+
+    def _nearest(self, origin: KeyOrigin) -> CacheRecord | None:
+        inputs = json.dumps(list(origin.input_keys))
+        probes: list[tuple[str, tuple[Any, ...]]] = [
+            ("op_digest = ? AND input_keys = ?", (origin.op_digest, inputs)),
+            ("op_digest = ?", (origin.op_digest,)),
         ]
         if origin.input_keys:
-            probes.append((MISS_INSTRUCTION, "input_keys = ?", (inputs,)))
-        for reason, where, params in probes:
-            if self._exists(where, params):
-                return reason
-        return MISS_NO_RECORD
+            probes.append(("input_keys = ?", (inputs,)))
+        if origin.name:
+            probes.append(("name = ?", (origin.name,)))
+        for where, params in probes:
+            row = self._guarded(
+                "look for an earlier record",
+                lambda where=where, params=params: self._conn.execute(  # type: ignore[misc]
+                    f"SELECT {_COLUMNS} FROM cache_records WHERE {where}"
+                    " ORDER BY last_used DESC LIMIT 1",
+                    params,
+                ).fetchone(),
+            )
+            if row is not None:
+                return _record(row)
+        return None
 
-    def _exists(self, where: str, params: tuple[Any, ...]) -> bool:
-        row = self._guarded(
-            "look for an earlier record",
-            lambda: self._conn.execute(
-                f"SELECT 1 FROM cache_records WHERE {where} LIMIT 1", params
-            ).fetchone(),
-        )
-        return row is not None
+    def _input_op(self, key: str) -> dict[str, Any] | None:
+        """The op encoding recorded for an (old) input key, if any."""
+        record = self.record(key)
+        return None if record is None or record.origin is None else record.origin.op
+
+
+def _origin_columns(origin: KeyOrigin | None) -> tuple[Any, ...]:
+    if origin is None:
+        return (None,) * 6
+    return (
+        origin.op_digest,
+        json.dumps(list(origin.input_keys)),
+        origin.content,
+        None if origin.op is None else json.dumps(origin.op, sort_keys=True),
+        origin.name,
+        None if origin.detail is None else json.dumps(origin.detail, sort_keys=True),
+    )
 
 
 def _record(row: tuple[Any, ...]) -> CacheRecord:
-    key, result, created, last_used, op_dig, inputs, content = row
+    key, result, created, last_used, op_dig, inputs, content, op, name, detail = row
     origin = None
     if op_dig is not None and inputs is not None:
-        origin = KeyOrigin(op_dig, tuple(json.loads(inputs)), content)
+        origin = KeyOrigin(
+            op_dig,
+            tuple(json.loads(inputs)),
+            content,
+            op=None if op is None else json.loads(op),
+            name=name or "",
+            detail=None if detail is None else json.loads(detail),
+        )
     return CacheRecord(key, result, created, last_used, origin)

@@ -38,6 +38,8 @@ class VertexFailed(SolveError):
 class CacheMiss(SolveError):
     """--fail-on-cache-miss: a step would have run."""
 
-    def __init__(self, vertex: Vertex) -> None:
-        super().__init__(f"cache miss: {vertex.meta.name or vertex.op.kind}")
+    def __init__(self, vertex: Vertex, reason: str | None = None) -> None:
+        why = f" ({reason})" if reason else ""
+        super().__init__(f"cache miss: {vertex.meta.name or vertex.op.kind}{why}")
         self.vertex = vertex
+        self.reason = reason

@@ -15,6 +15,18 @@ from solver.graph import Vertex
 
 @dataclass(frozen=True)
 class VertexStarted:
+    """``reason`` says why a cacheable vertex missed the cache (None otherwise)."""
+
+    vertex: Vertex
+    time: float
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class VertexWaiting:
+    """Another build (another solve, maybe another process) is running the same
+    cache key; this one waits for its record instead of running it too."""
+
     vertex: Vertex
     time: float
 
@@ -55,7 +67,13 @@ class VertexCanceled:
 
 
 Event = (
-    VertexStarted | VertexCached | VertexLog | VertexDone | VertexError | VertexCanceled
+    VertexStarted
+    | VertexCached
+    | VertexLog
+    | VertexDone
+    | VertexError
+    | VertexCanceled
+    | VertexWaiting
 )
 Reporter = Callable[[Event], None]
 

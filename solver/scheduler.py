@@ -48,9 +48,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import trio
@@ -59,6 +60,7 @@ from solver.cachekey import cache_key, key_origin
 from solver.cachestore import CacheStore
 from solver.errors import CacheMiss, SolveError, VertexFailed
 from solver.graph import BuildGraph, Vertex
+from solver.keylock import RUN, USE, KeyLocks
 from solver.progress import (
     Event,
     Reporter,
@@ -68,6 +70,7 @@ from solver.progress import (
     VertexError,
     VertexLog,
     VertexStarted,
+    VertexWaiting,
     discard,
 )
 from solver.worker import Worker
@@ -77,6 +80,8 @@ log = logging.getLogger("solver")
 # The reason executing vertices report when the cancellation came from outside.
 CANCELED_FROM_OUTSIDE = "build canceled"
 MISS_IGNORED = "cache disabled for this step (--no-cache)"
+MISS_FILTERED = "cache disabled for its stage (--no-cache-filter)"
+MISS_IGNORED_INPUT = "an input step runs again (--no-cache-filter)"
 
 
 @dataclass
@@ -101,6 +106,8 @@ class VertexRecord:
 class SolveResult:
     results: dict[str, str]  # vertex digest -> result, for every vertex resolved
     records: dict[str, VertexRecord]  # vertex digest -> record
+    graph: BuildGraph | None = None  # what was solved
+    keys: dict[str, str] = field(default_factory=dict)  # digest -> cache key
 
     def result(self, vertex: Vertex) -> str:
         try:
@@ -117,7 +124,13 @@ class Solver:
 
     ``jobs`` bounds how many vertices execute at once, across every solve of
     this solver (None: no bound). ``fail_on_cache_miss`` turns every execution
-    of a cacheable vertex into a CacheMiss.
+    of a cacheable vertex into a CacheMiss. ``no_cache_stages`` (--no-cache-filter)
+    ignores the records of the vertices of those stages and of every vertex that
+    reads one, as ``meta.ignore_cache`` (--no-cache) does for a single vertex.
+    ``build_args`` names the build args the user set, so that a miss calls a
+    changed one a build arg. ``locks`` (solver.keylock) makes a key run once
+    across solves and processes, and keeps the records a solve uses from
+    eviction; without it only this solve's flights deduplicate.
     """
 
     def __init__(
@@ -127,6 +140,10 @@ class Solver:
         reporter: Reporter = discard,
         jobs: int | None = None,
         fail_on_cache_miss: bool = False,
+        *,
+        no_cache_stages: Collection[str] = (),
+        build_args: Collection[str] = (),
+        locks: KeyLocks | None = None,
     ) -> None:
         if jobs is not None and jobs < 1:
             raise ValueError(f"jobs must be at least 1 or None, got {jobs}")
@@ -135,6 +152,9 @@ class Solver:
         self.reporter = reporter
         self.limiter = trio.CapacityLimiter(jobs) if jobs is not None else None
         self.fail_on_cache_miss = fail_on_cache_miss
+        self.no_cache_stages = frozenset(no_cache_stages)
+        self.build_args = frozenset(build_args)
+        self.locks = locks
 
     async def solve(self, *finals: Vertex) -> SolveResult:
         """Resolve ``finals`` (and whatever they need); see the module docstring.
@@ -143,11 +163,24 @@ class Solver:
         ``fail_on_cache_miss``.
         """
         run = _Solve(self, BuildGraph(*finals))
-        await run.run()
-        return SolveResult(
-            results={d: r.result for d, r in run.records.items()},
-            records=dict(run.records),
-        )
+        try:
+            await run.run()
+        finally:
+            run.release()
+        return run.result()
+
+    async def dry_run(self, *finals: Vertex) -> SolveResult:
+        """Which vertices a solve would take from the cache and which it would
+        run (with the reason), running none: ``records`` has an entry for every
+        vertex the solve would need, ``cached`` saying which; results of the
+        vertices that would run are "". Content checksums are computed (they
+        read the context), and hits are reported as VertexCached."""
+        run = _Solve(self, BuildGraph(*finals))
+        try:
+            await run.plan()
+        finally:
+            run.release()
+        return run.result()
 
 
 def _name(vertex: Vertex) -> str:
@@ -176,7 +209,11 @@ class _Solve:
         self.worker = solver.worker
         self.graph = graph
         self.contents: dict[str, str | None] = {}
+        self.details: dict[str, dict[str, list[str]] | None] = {}
         self.keys: dict[str, str] = {}
+        self.ignored: set[str] = set()  # digests whose records are not read
+        self.held: list[int] = []  # fds of the USE locks this solve holds
+        self.held_keys: set[str] = set()
         self.records: dict[str, VertexRecord] = {}
         self.flights: dict[str, _Flight] = {}
         self.lookups: dict[str, _Flight] = {}
@@ -188,15 +225,62 @@ class _Solve:
     def report(self, event: Event) -> None:
         self.solver.reporter(event)
 
+    def result(self) -> SolveResult:
+        return SolveResult(
+            results={d: r.result for d, r in self.records.items()},
+            records=dict(self.records),
+            graph=self.graph,
+            keys=dict(self.keys),
+        )
+
+    def release(self) -> None:
+        """Let go of the records this solve used (eviction may take them)."""
+        while self.held:
+            KeyLocks.release(self.held.pop())
+
     async def run(self) -> None:
+        await self._keys()
+        # Phase 2: resolve the finals; flights start their inputs as needed.
+        await self._in_nursery(self._start_finals)
+
+    async def _keys(self) -> None:
         # Phase 1: content checksums, all at once, then keys, inputs first.
         await self._in_nursery(self._start_checksums)
+        stages = self.solver.no_cache_stages
         for vertex in self.graph.topological():
             input_keys = [self.keys[i.digest] for i in vertex.inputs]
             content = self.contents[vertex.digest]
             self.keys[vertex.digest] = cache_key(vertex, input_keys, content)
-        # Phase 2: resolve the finals; flights start their inputs as needed.
-        await self._in_nursery(self._start_finals)
+            # A reader of a vertex that runs again must run again too: its
+            # key is the same, but the result it was recorded on is not used.
+            if (
+                vertex.meta.ignore_cache
+                or (stages and vertex.meta.stage in stages)
+                or any(i.digest in self.ignored for i in vertex.inputs)
+            ):
+                self.ignored.add(vertex.digest)
+
+    async def plan(self) -> None:
+        """dry_run(): phase 1, then a walk from the finals that only looks up."""
+        await self._keys()
+        for final in self.graph.finals:
+            await self._plan(final)
+
+    async def _plan(self, vertex: Vertex) -> None:
+        if vertex.digest in self.records:
+            return
+        if await self._lookup(vertex) is not None:
+            for inp in self.graph.inputs(vertex):
+                await self._probe_task(inp)
+            return
+        for inp in self.graph.inputs(vertex):
+            await self._plan(inp)
+        input_keys = [self.keys[i.digest] for i in vertex.inputs]
+        cacheable = self.worker.cacheable(vertex)
+        reason = await self._miss_reason(vertex, input_keys, cacheable)
+        self.records[vertex.digest] = VertexRecord(
+            vertex, self.keys[vertex.digest], False, "", None, None, reason
+        )
 
     async def _in_nursery(self, start: Callable[[], None]) -> None:
         async with trio.open_nursery() as nursery:
@@ -249,6 +333,9 @@ class _Solve:
 
     async def _checksum(self, vertex: Vertex) -> None:
         self.contents[vertex.digest] = await self.worker.content_checksum(vertex)
+        # Optional in the Worker protocol: per-file detail for explanations.
+        detail = getattr(self.worker, "content_detail", None)
+        self.details[vertex.digest] = None if detail is None else detail(vertex)
 
     # --- phase 2: flights -----------------------------------------------------------
 
@@ -269,14 +356,42 @@ class _Solve:
             return
         cacheable = self.worker.cacheable(vertex)
         if cacheable and self.solver.fail_on_cache_miss:
-            raise CacheMiss(vertex)
+            input_keys = [self.keys[i.digest] for i in vertex.inputs]
+            reason = await self._miss_reason(vertex, input_keys, cacheable)
+            raise CacheMiss(vertex, reason)
         # Start every input's flight before waiting for any, so they overlap.
         joined = [self._flight(inp) for inp in self.graph.inputs(vertex)]
         for input_flight in joined:
             await input_flight.done.wait()
         input_results = [_joined(input_flight) for input_flight in joined]
-        flight.result = await self._execute(vertex, input_results, cacheable)
+        locks = self.solver.locks
+        if not cacheable or locks is None:
+            flight.result = await self._execute(vertex, input_results, cacheable)
+        else:
+            flight.result = await self._execute_once(vertex, input_results, locks)
         flight.done.set()
+
+    async def _execute_once(
+        self, vertex: Vertex, inputs: Sequence[str], locks: KeyLocks
+    ) -> str:
+        """Execute under the key's RUN lock; a build that held it before us may
+        have recorded the result meanwhile, and then we take it."""
+        key = self.keys[vertex.digest]
+
+        def waiting() -> None:
+            self.report(VertexWaiting(vertex, time.time()))
+
+        fd = await locks.lock(key, RUN, shared=False, on_wait=waiting)
+        try:
+            if vertex.digest not in self.ignored:
+                hit = await self._find_record(vertex)
+                if hit is not None:
+                    for inp in self.graph.inputs(vertex):
+                        self._probe(inp)
+                    return hit
+            return await self._execute(vertex, inputs, True)
+        finally:
+            locks.release(fd)
 
     async def _lookup(self, vertex: Vertex) -> str | None:
         """The result of a usable record for ``vertex``, reported cached once."""
@@ -290,9 +405,10 @@ class _Solve:
         return memo.result
 
     async def _find_record(self, vertex: Vertex) -> str | None:
-        if not self.worker.cacheable(vertex) or vertex.meta.ignore_cache:
+        if not self.worker.cacheable(vertex) or vertex.digest in self.ignored:
             return None
         key = self.keys[vertex.digest]
+        await self._hold(key)
         result: str | None = await trio.to_thread.run_sync(self.solver.cache.get, key)
         if result is None:
             return None
@@ -305,6 +421,14 @@ class _Solve:
             vertex, key, True, result, None, None
         )
         return result
+
+    async def _hold(self, key: str) -> None:
+        """Take the key's USE lock for the rest of the solve (once per key)."""
+        locks = self.solver.locks
+        if locks is None or key in self.held_keys:
+            return
+        self.held_keys.add(key)
+        self.held.append(await locks.lock(key, USE, shared=True))
 
     def _probe(self, vertex: Vertex) -> None:
         if vertex.digest in self.probed or vertex.digest in self.flights:
@@ -326,7 +450,7 @@ class _Solve:
         key = self.keys[vertex.digest]
         input_keys = [self.keys[i.digest] for i in vertex.inputs]
         content = self.contents[vertex.digest]
-        reason = await self._miss_reason(vertex, input_keys, content, cacheable)
+        reason = await self._miss_reason(vertex, input_keys, cacheable)
 
         async def sink(stream: int, data: bytes) -> None:
             self.report(VertexLog(vertex, stream, data, time.time()))
@@ -335,7 +459,7 @@ class _Solve:
             if self.solver.limiter is not None:
                 await stack.enter_async_context(self.solver.limiter)
             started, clock = time.time(), trio.current_time()
-            self.report(VertexStarted(vertex, started))
+            self.report(VertexStarted(vertex, started, reason))
             try:
                 result = await self.worker.execute(vertex, inputs, sink)
             except (trio.Cancelled, KeyboardInterrupt):
@@ -344,7 +468,8 @@ class _Solve:
             ended = time.time()
             self.report(VertexDone(vertex, ended, trio.current_time() - clock))
         if cacheable:
-            origin = key_origin(vertex, input_keys, content)
+            detail = self.details.get(vertex.digest)
+            origin = key_origin(vertex, input_keys, content, detail)
             await trio.to_thread.run_sync(self.solver.cache.put, key, result, origin)
         self.records[vertex.digest] = VertexRecord(
             vertex, key, False, result, started, ended, reason
@@ -352,17 +477,24 @@ class _Solve:
         return result
 
     async def _miss_reason(
-        self,
-        vertex: Vertex,
-        input_keys: Sequence[str],
-        content: str | None,
-        cacheable: bool,
+        self, vertex: Vertex, input_keys: Sequence[str], cacheable: bool
     ) -> str | None:
         if not cacheable:
             return None
         if vertex.meta.ignore_cache:
             return MISS_IGNORED
+        if vertex.digest in self.ignored:
+            if vertex.meta.stage in self.solver.no_cache_stages:
+                return MISS_FILTERED
+            return MISS_IGNORED_INPUT
         reason: str = await trio.to_thread.run_sync(
-            self.solver.cache.explain_miss, vertex, input_keys, content
+            partial(
+                self.solver.cache.explain_miss,
+                vertex,
+                input_keys,
+                self.contents[vertex.digest],
+                self.details.get(vertex.digest),
+                self.solver.build_args,
+            )
         )
         return reason

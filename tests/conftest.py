@@ -19,6 +19,10 @@ from buildpy.worker import mounts_under
 
 REPO = Path(__file__).resolve().parent.parent
 
+# No test may reach a registry beyond this machine: a FROM of an image the store
+# lacks would otherwise try Docker Hub. Every buildpy process inherits this.
+os.environ["BUILDPY_REGISTRY_ALLOW"] = "loopback"
+
 
 def unmount_all(path: Path) -> None:
     for point in sorted(mounts_under(path), key=len, reverse=True):

@@ -357,3 +357,12 @@ def test_bad_flags_exit_2(buildpy: Buildpy, tmp_path):
     assert proc.returncode == 2 and "type must be one of" in proc.stderr
     proc = buildpy.run("build", str(tmp_path / "missing"), check=False)
     assert proc.returncode == 2 and "not a directory" in proc.stderr
+
+
+def test_the_suite_never_reaches_beyond_loopback(busybox: Buildpy, tmp_path):
+    """A FROM the store lacks would pull from Docker Hub; the suite's guard
+    (BUILDPY_REGISTRY_ALLOW=loopback, set in conftest) stops it at the first
+    request, and the user gets one line that says so."""
+    context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM alpine:3\n"})
+    line = assert_one_clean_error(busybox.build(context, check=False), 3)
+    assert "alpine:3" in line and "refusing to contact" in line

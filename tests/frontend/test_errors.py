@@ -67,6 +67,7 @@ ERRORS = [
         "Dockerfile:3:1: circular dependency detected on stage: b (b -> a -> b)",
     ),
     ("FROM busybox\nENV PATH\n", {}, "Dockerfile:2:1: ENV must have two arguments"),
+    ("FROM busybox\nENV\n", {}, "Dockerfile:2:1: ENV requires at least one argument"),
     (
         "FROM busybox\nENV A=1 B\n",
         {},
@@ -143,13 +144,141 @@ ERRORS = [
     (
         "FROM busybox\nRUN --network=bridge x\n",
         {},
-        "Dockerfile:2:1: unsupported network mode 'bridge': expected default, none "
-        "or host",
+        "Dockerfile:2:1: invalid value 'bridge' for --network: expected one of "
+        "default, none, host",
     ),
     (
-        "FROM busybox\nRUN --mount=type=cache,target=/c x\n",
+        "FROM busybox\nRUN --security=insecur x\n",
         {},
-        "Dockerfile:2:1: RUN --mount is not supported yet",
+        "Dockerfile:2:1: invalid value 'insecur' for --security: expected one of "
+        "sandbox, insecure (did you mean insecure?)",
+    ),
+    (
+        "FROM busybox\nRUN --mount=type=cahce,target=/c x\n",
+        {},
+        "Dockerfile:2:1: --mount=type=cahce,target=/c: unsupported mount type "
+        "'cahce': expected one of bind, cache, tmpfs, secret, ssh (did you mean "
+        "cache?)",
+    ),
+    (
+        "FROM busybox\nRUN --mount=type=cache,traget=/c x\n",
+        {},
+        "Dockerfile:2:1: --mount=type=cache,traget=/c: unexpected key 'traget' in "
+        "'traget=/c' (did you mean target?)",
+    ),
+    (
+        "FROM busybox\nRUN --mount=type=bind,target=/c,sharing=locked x\n",
+        {},
+        "Dockerfile:2:1: --mount=type=bind,target=/c,sharing=locked: unexpected "
+        "key 'sharing' for mount type 'bind'",
+    ),
+    (
+        "FROM busybox\nRUN --mount=type=tmpfs x\n",
+        {},
+        "Dockerfile:2:1: --mount=type=tmpfs: mount type 'tmpfs' needs a target: "
+        "add target=/path",
+    ),
+    (
+        "FROM busybox\nRUN --mount=type=cache,target=/c,mode=999 x\n",
+        {},
+        "Dockerfile:2:1: --mount=type=cache,target=/c,mode=999: invalid value "
+        "'999' for mount option mode: expected an octal mode like 0755",
+    ),
+    (
+        "FROM busybox\nRUN --mount=type=cache,target=/c,sharing=all x\n",
+        {},
+        "Dockerfile:2:1: --mount=type=cache,target=/c,sharing=all: unsupported "
+        "sharing value 'all': expected one of shared, private, locked",
+    ),
+    (
+        "FROM busybox\nRUN --mount=type=tmpfs,target=/t,size=lots x\n",
+        {},
+        "Dockerfile:2:1: --mount=type=tmpfs,target=/t,size=lots: invalid size "
+        "'lots' for mount option size: expected bytes or a number with k, m, g, t "
+        "or p",
+    ),
+    (
+        "FROM busybox\nRUN --mount=target=/c,source x\n",
+        {},
+        "Dockerfile:2:1: --mount=target=/c,source: invalid field 'source': must "
+        "be a key=value pair",
+    ),
+    (
+        "FROM busybox\nRUN --mount=type=secret,id=a,src=b x\n",
+        {},
+        "Dockerfile:2:1: --mount=type=secret,id=a,src=b: secret mount: both source "
+        "and id are set, give one",
+    ),
+    (
+        "FROM busybox\nRUN --mount=type=cache,target=/c,ro=maybe x\n",
+        {},
+        "Dockerfile:2:1: --mount=type=cache,target=/c,ro=maybe: invalid value "
+        "'maybe' for mount option ro: expected a boolean",
+    ),
+    (
+        "FROM busybox\nRUN --mount=type=cache,target=/ x\n",
+        {},
+        "Dockerfile:2:1: invalid --mount target '/': a mount cannot cover the root "
+        "filesystem",
+    ),
+    (
+        "FROM busybox\nRUN --mount=type=bind,target=/c,from=nope x\n",
+        {},
+        "Dockerfile:2:1: base image nope not found in the local store; import it "
+        "with `buildpy import` or pull it",
+    ),
+    (
+        "FROM busybox\nRUN --device=/dev/fuse x\n",
+        {},
+        "Dockerfile:2:1: RUN --device is not supported yet",
+    ),
+    (
+        "FROM busybox\nADD --checksum=md5:x a /\n",
+        {},
+        "Dockerfile:2:1: invalid checksum 'md5:x': expected sha256:<64 hex digits> "
+        "or a git commit",
+    ),
+    (
+        "FROM busybox\nADD --checksum=sha256:" + "a" * 64 + " a /\n",
+        {},
+        "Dockerfile:2:1: ADD --checksum can only be used with URL and git sources",
+    ),
+    (
+        "FROM busybox\nADD --keep-git-dir=yes a /\n",
+        {},
+        "Dockerfile:2:1: expecting boolean value for flag --keep-git-dir, not: yes",
+    ),
+    (
+        "FROM busybox\nCOPY --parents a/b /\n",
+        {},
+        "Dockerfile:2:1: COPY --parents is not supported yet",
+    ),
+    (
+        "FROM busybox\nCOPY --exclud=*.o a /\n",
+        {},
+        "Dockerfile:2:1: unknown flag: --exclud (did you mean --exclude?)",
+    ),
+    (
+        "FROM --platform=linux busybox\n",
+        {},
+        "Dockerfile:1:1: invalid platform 'linux': expected os/arch[/variant], like "
+        "linux/amd64",
+    ),
+    (
+        "FROM --platform=linux/s390x busybox\n",
+        {},
+        "Dockerfile:1:1: FROM --platform=linux/s390x: building for another platform "
+        "than linux/amd64 is not supported yet",
+    ),
+    (
+        "FROM busybox\nHEALTHCHECK --intervall=5s CMD true\n",
+        {},
+        "Dockerfile:2:1: unknown flag: --intervall (did you mean --interval?)",
+    ),
+    (
+        "FROM busybox\nHEALTHCHECK --retries=x CMD true\n",
+        {},
+        "Dockerfile:2:1: --retries must be a number >= 0, not 'x'",
     ),
     ("FROM busybox\nRUN\n", {}, "Dockerfile:2:1: RUN requires at least one argument"),
     (

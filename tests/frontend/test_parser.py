@@ -55,11 +55,12 @@ def test_heredocs() -> None:
         ("EOF", "echo hi\n\n# not a comment\n", True)
     ]
     assert run.lines == (2, 6)
-    assert [(d.name, d.content, d.expand, d.chomp) for d in copy.heredocs] == [
+    assert [(d.name, d.body, d.expand, d.chomp) for d in copy.heredocs] == [
         ("ONE", "indented\n", False, True),
         ("TWO", "two $X\n", False, False),
     ]
     assert copy.lines == (7, 11)
+    assert copy.heredocs[0].content == "\t\tindented\n"  # the AST keeps the tabs
     assert fd.heredocs[0].fd == 3
     assert onbuild.heredocs[0].content == "y\n"
     assert json_run.heredocs == [] and cmd.heredocs == []

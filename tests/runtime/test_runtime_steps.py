@@ -227,3 +227,16 @@ def test_no_file_descriptor_leaks(runner: Runner) -> None:
     with pytest.raises(ExecutorError):
         runner.run("no-such-command")
     assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def test_seccomp_default_profile_blocks_new_namespaces(runner: Runner) -> None:
+    """docker's default profile: no unshare without CAP_SYS_ADMIN, keyctl
+    family blocked; ordinary syscalls pass. The builtin executor applies no
+    seccomp profile (runtime.seccomp says why), so it is skipped there."""
+    if runner.executor.name == "builtin":
+        pytest.skip("the builtin executor cannot apply a seccomp profile")
+    result = runner.sh("unshare -U true; echo rc=$?; uname -s")
+    assert "rc=1" in result.stdout and "Linux" in result.stdout
+    assert "Operation not permitted" in result.stderr
+    unconfined = runner.sh("unshare -U true && echo allowed", seccomp=False)
+    assert "allowed" in unconfined.stdout

@@ -8,17 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from solver.cachekey import cache_key, key_origin
+from solver.cachekey import KeyOrigin, cache_key, key_origin, op_digest
 from solver.cachestore import (
     MISS_CONTENT,
-    MISS_INPUT,
     MISS_INSTRUCTION,
     MISS_NO_RECORD,
     MISS_RESULT_GONE,
     CacheStore,
     CacheStoreError,
 )
-from solver.graph import ExecOp, ScratchSource, Vertex
+from solver.graph import ExecOp, ScratchSource, Vertex, VertexMeta
 from tests.solver.solver_fakes import cache_store, open_db
 
 PARENT = "sha256:" + "1" * 64
@@ -104,7 +103,9 @@ def test_a_database_error_names_what_failed(tmp_path: Path) -> None:
 
 
 def make(args: str, parent: str = PARENT) -> tuple[Vertex, list[str]]:
-    return Vertex(ExecOp(args=(args,)), (Vertex(ScratchSource()),)), [parent]
+    base = Vertex(ExecOp(args=("base",)), meta=VertexMeta(name="[1/2] RUN base"))
+    meta = VertexMeta(name=f"[2/2] RUN {args}")
+    return Vertex(ExecOp(args=(args,)), (base,), meta), [parent]
 
 
 def record(store: CacheStore, vertex: Vertex, inputs: list[str], content: str) -> None:
@@ -118,10 +119,26 @@ def test_explain_miss_names_the_part_that_changed(store: CacheStore) -> None:
     record(store, vertex, inputs, "xxh3:1")
     assert store.explain_miss(vertex, inputs, "xxh3:1") == MISS_RESULT_GONE
     assert store.explain_miss(vertex, inputs, "xxh3:2") == MISS_CONTENT
-    assert store.explain_miss(vertex, [OTHER_PARENT], "xxh3:1") == MISS_INPUT
+    assert (
+        store.explain_miss(vertex, [OTHER_PARENT], "xxh3:1")
+        == 'parent step "[1/2] RUN base" changed'
+    )
+    edited, _ = make("make install")
+    assert (
+        store.explain_miss(edited, inputs, "xxh3:1")
+        == f'{MISS_INSTRUCTION} (was "RUN make")'
+    )
+    # Only the name links an edited step on a changed parent to its record.
+    assert store.explain_miss(edited, [OTHER_PARENT], "xxh3:1") == MISS_NO_RECORD
+
+
+def test_an_old_record_without_detail_gets_the_short_phrases(store: CacheStore) -> None:
+    vertex, inputs = make("make")
+    key = cache_key(vertex, inputs, "xxh3:1")
+    store.put(key, "snap", KeyOrigin(op_digest(vertex), tuple(inputs), "xxh3:1"))
+    assert store.explain_miss(vertex, inputs, "xxh3:2") == MISS_CONTENT
     edited, _ = make("make install")
     assert store.explain_miss(edited, inputs, "xxh3:1") == MISS_INSTRUCTION
-    assert store.explain_miss(edited, [OTHER_PARENT], "xxh3:1") == MISS_NO_RECORD
 
 
 def test_a_new_source_has_no_earlier_record(store: CacheStore) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from solver.cachestore import MISS_CONTENT, MISS_INPUT, MISS_NO_RECORD, CacheStore
+from solver.cachestore import MISS_CONTENT, MISS_NO_RECORD, CacheStore
 from solver.errors import CacheMiss, ExecutionError, VertexFailed
 from solver.progress import (
     VertexCached,
@@ -136,7 +136,7 @@ def test_changed_content_reruns_that_vertex_and_its_readers(
     by_name = {r.vertex.meta.name: r for r in records.values()}
     assert by_name["other"].cached and by_name["base"].cached
     assert by_name["copy"].miss_reason == MISS_CONTENT
-    assert by_name["run"].miss_reason == MISS_INPUT
+    assert by_name["run"].miss_reason == 'parent step "copy" changed'
     assert by_name["context"].miss_reason is None  # never cached, nothing to explain
 
 
@@ -367,3 +367,75 @@ def test_cancel_from_outside_propagates_and_reports_the_running(
     assert [(e.vertex.meta.name, e.reason) for e in canceled] == [
         ("slow", CANCELED_FROM_OUTSIDE)
     ]
+
+
+def test_no_cache_filter_runs_the_stage_and_its_readers_again(
+    store: CacheStore,
+) -> None:
+    from solver.graph import ExecOp, Vertex, VertexMeta
+    from solver.scheduler import MISS_FILTERED, MISS_IGNORED_INPUT
+
+    worker = FakeWorker()
+    base = Vertex(ExecOp(("base",)), meta=VertexMeta(name="base", stage="deps"))
+    build = Vertex(ExecOp(("build",)), (base,), VertexMeta(name="build", stage="app"))
+    other = Vertex(ExecOp(("other",)), meta=VertexMeta(name="other", stage="app"))
+    final = Vertex(ExecOp(("final",)), (build, other), VertexMeta(name="final"))
+    results: list[SolveResult] = []
+
+    async def main() -> None:
+        await Solver(worker, store).solve(final)
+        worker.executed.clear()
+        filtered = Solver(worker, store, no_cache_stages=["deps"])
+        results.append(await filtered.solve(final))
+
+    run(main)
+    assert sorted(worker.executed) == ["base", "build", "final"]
+    reasons = {r.vertex.meta.name: r.miss_reason for r in results[0].records.values()}
+    assert reasons["base"] == MISS_FILTERED
+    assert reasons["build"] == reasons["final"] == MISS_IGNORED_INPUT
+    assert results[0].records[other.digest].cached
+
+
+def test_dry_run_lists_hits_and_misses_and_runs_nothing(store: CacheStore) -> None:
+    worker = FakeWorker()
+    copy = step("copy", step("base"), context())
+    final = step("final", step("run", copy))
+    results: list[SolveResult] = []
+
+    async def main() -> None:
+        worker.contents["copy"] = "sha256:1"
+        await Solver(worker, store).solve(final)
+        worker.executed.clear()
+        worker.contents["copy"] = "sha256:2"
+        results.append(await Solver(worker, store).dry_run(final))
+
+    run(main)
+    assert worker.executed == []
+    by_name = {r.vertex.meta.name: r for r in results[0].records.values()}
+    assert by_name["base"].cached
+    assert by_name["copy"].miss_reason == MISS_CONTENT
+    assert by_name["run"].miss_reason == 'parent step "copy" changed'
+    assert not by_name["final"].cached and by_name["final"].started is None
+
+
+def test_a_miss_reason_is_on_the_started_event(store: CacheStore) -> None:
+    worker = FakeWorker()
+    events = Events()
+
+    async def main() -> None:
+        await Solver(worker, store, reporter=events).solve(step("final"))
+
+    run(main)
+    [started] = [e for e in events.events if isinstance(e, VertexStarted)]
+    assert started.reason == MISS_NO_RECORD
+
+
+def test_fail_on_cache_miss_says_why(store: CacheStore) -> None:
+    worker = FakeWorker()
+
+    async def main() -> None:
+        strict = Solver(worker, store, fail_on_cache_miss=True)
+        with pytest.raises(CacheMiss, match=r"cache miss: final \(no earlier record\)"):
+            await strict.solve(step("final"))
+
+    run(main)

@@ -1,0 +1,114 @@
+"""The daemon against the embedded engine (pytest-benchmark). Run with
+
+    python3 -m pytest benchmarks/test_daemon_bench.py --benchmark-only
+
+A no-op rebuild of a 50-step Dockerfile through ``buildpy serve`` and embedded, the
+same through BuildKit when a docker daemon runs here (skipped otherwise), and ten
+concurrent builds of one Dockerfile through the daemon. Figures and the command go
+into docs/benchmarks.md; nothing here asserts a time."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.buildpy.test_daemon import Daemon, start_daemon
+from tests.conftest import REPO, Buildpy, write_context
+
+
+def _fifty_steps(directory: Path) -> Path:
+    lines = ["FROM busybox"] + [f"RUN echo step {i} > /step-{i}" for i in range(50)]
+    return write_context(directory, {"Dockerfile": "\n".join(lines) + "\n"})
+
+
+@pytest.fixture
+def served(busybox: Buildpy, tmp_path: Path) -> Iterator[Daemon]:
+    d = start_daemon(busybox.root, tmp_path / "buildpy.sock")
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def _client(addr: str, *args: str | os.PathLike[str]) -> None:
+    env = {**os.environ, "BUILDPY_HOST": addr}
+    env.pop("BUILDPY_ROOT", None)
+    subprocess.run(
+        [sys.executable, "-m", "buildpy", *map(str, args)],
+        env=env,
+        check=True,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def test_noop_rebuild_50_steps_daemon(benchmark, served: Daemon, tmp_path):
+    context = _fifty_steps(tmp_path / "ctx")
+    args = ("build", "--progress", "quiet", "-t", "fifty", context)
+    _client(served.addr, *args)
+    benchmark.pedantic(_client, args=(served.addr, *args), rounds=10, iterations=1)
+
+
+def test_noop_rebuild_50_steps_embedded(benchmark, busybox: Buildpy, tmp_path):
+    context = _fifty_steps(tmp_path / "ctx")
+    args = ("build", "--progress", "quiet", "-t", "fifty", context)
+    busybox.run(*args)
+    benchmark.pedantic(busybox.run, args=args, rounds=10, iterations=1)
+
+
+def test_noop_rebuild_50_steps_buildkit(benchmark, tmp_path):
+    docker = shutil.which("docker")
+    if docker is None or not Path("/var/run/docker.sock").exists():
+        pytest.skip("no docker daemon running on this machine")
+    lines = ["FROM busybox"] + [f"RUN echo step {i} > /step-{i}" for i in range(50)]
+    context = write_context(tmp_path / "ctx", {"Dockerfile": "\n".join(lines) + "\n"})
+    cmd = [docker, "build", "-q", "-t", "fifty", str(context)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    benchmark.pedantic(
+        subprocess.run,
+        args=(cmd,),
+        kwargs={"check": True, "capture_output": True},
+        rounds=10,
+        iterations=1,
+    )
+
+
+def test_ten_concurrent_builds_daemon(benchmark, served: Daemon, tmp_path):
+    """Ten clients build one Dockerfile (a 2 s RUN) at once, from a cold cache each
+    round: the step runs once, the nine others wait for its record."""
+    rounds = iter(range(100))
+
+    def ten() -> None:
+        n = next(rounds)
+        context = write_context(
+            tmp_path / f"ctx{n}",
+            {"Dockerfile": f"FROM busybox\nRUN sleep 2 && echo {n} > /n\n"},
+        )
+        args = ("build", "--progress", "quiet", context)
+        with ThreadPoolExecutor(10) as pool:
+            list(pool.map(lambda _: _client(served.addr, *args), range(10)))
+
+    benchmark.pedantic(ten, rounds=3, iterations=1)
+
+
+def test_one_build_daemon(benchmark, served: Daemon, tmp_path):
+    """The reference for the above: one client, the same kind of Dockerfile."""
+    rounds = iter(range(100))
+
+    def one() -> None:
+        n = next(rounds)
+        context = write_context(
+            tmp_path / f"ctx{n}",
+            {"Dockerfile": f"FROM busybox\nRUN sleep 2 && echo {n} > /n\n"},
+        )
+        _client(served.addr, "build", "--progress", "quiet", context)
+
+    benchmark.pedantic(one, rounds=3, iterations=1)

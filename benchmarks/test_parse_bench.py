@@ -1,0 +1,132 @@
+"""Dockerfile parse benchmarks (pytest-benchmark), buildpy against the two
+other Python parsers, in one run:
+
+    python3 -m pytest benchmarks/test_parse_bench.py --benchmark-only \\
+        --benchmark-columns=min,mean,median,max,rounds
+
+The corpus is 120 Dockerfiles written here (every instruction, flags, JSON and
+shell forms, continuations with comments, heredocs, multi-stage files of 5 to
+150 lines). Figures go into docs/benchmarks.md; nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from frontend import parser as frontend_parser
+from frontend.parser import parse
+
+dockerfile = pytest.importorskip("dockerfile")
+dockerfile_parse = pytest.importorskip("dockerfile_parse")
+
+_STAGE_LINES = [
+    "RUN apt-get update && apt-get install -y --no-install-recommends \\\n"
+    "    ca-certificates curl \\\n    # tools for the build\n"
+    "    make gcc \\\n && rm -rf /var/lib/apt/lists/*",
+    "RUN --mount=type=cache,target=/root/.cache/pip pip install -r requirements.txt",
+    'RUN ["/bin/sh", "-c", "echo exec form"]',
+    "RUN <<EOF\nset -e\necho one\necho two\nEOF",
+    "COPY --chown=1000:1000 --chmod=0644 src/ /app/src/",
+    "COPY --from=build /out/app /usr/local/bin/app",
+    "COPY <<-EOT /etc/app.conf\n\tkey = value\n\tother = $HOME\n\tEOT",
+    'ADD ["a b.txt", "/dst/"]',
+    "ADD --link --exclude=*.md docs /usr/share/doc/app",
+    'ENV PATH="/app/bin:$PATH" LANG=C.UTF-8 \\\n    TZ=UTC',
+    "ENV LEGACY value with spaces",
+    'LABEL org.opencontainers.image.title="app" version="1.0"',
+    "EXPOSE 8080/tcp 9090/udp",
+    "VOLUME /data /cache",
+    "USER app:app",
+    "WORKDIR /app/${SUBDIR:-src}",
+    "ARG VERSION=1.2.3 COMMIT",
+    "STOPSIGNAL SIGTERM",
+    "HEALTHCHECK --interval=30s --timeout=3s --retries=3 CMD curl -f http://localhost/",
+    'SHELL ["/bin/bash", "-o", "pipefail", "-c"]',
+    "ONBUILD COPY . /src",
+    'ENTRYPOINT ["/usr/local/bin/app"]',
+    'CMD ["--serve", "--port=8080"]',
+    "CMD echo shell form",
+]
+
+
+def _dockerfile(rng: random.Random, index: int) -> str:
+    lines = [f"# generated case {index}"]
+    if index % 5 == 0:
+        lines.insert(0, "# syntax=docker/dockerfile:1")
+    lines.append(f"ARG BASE=debian:{12 - index % 3}")
+    for stage in range(1 + index % 4):
+        lines.append(f"FROM $BASE AS stage{stage}")
+        lines += rng.choices(_STAGE_LINES, k=2 + (index * 7 + stage) % 36)
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def corpus() -> list[str]:
+    rng = random.Random(3)
+    return [_dockerfile(rng, i) for i in range(120)]
+
+
+@pytest.fixture(scope="module")
+def dockerfiles() -> list[str]:
+    texts = corpus()
+    # The three parsers must all accept the corpus, or the race is not fair.
+    for text in texts:
+        parse(text)
+        dockerfile.parse_string(text)
+    return texts
+
+
+def _each(texts: list[str], fn) -> Iterator[object]:
+    for text in texts:
+        yield fn(text)
+
+
+def test_corpus_is_varied(dockerfiles: list[str]) -> None:
+    sizes = [t.count("\n") for t in dockerfiles]
+    assert len(dockerfiles) >= 100 and min(sizes) < 15 and max(sizes) > 100
+
+
+def test_parse_buildpy(benchmark, dockerfiles: list[str]) -> None:
+    frontend_parser._lark("\\")  # the grammar is loaded once per process
+    benchmark(lambda: list(_each(dockerfiles, parse)))
+
+
+def test_parse_dockerfile_parse(benchmark, dockerfiles: list[str]) -> None:
+    def one(text: str) -> object:
+        return dockerfile_parse.DockerfileParser(
+            fileobj=io.BytesIO(text.encode())
+        ).structure
+
+    benchmark(lambda: list(_each(dockerfiles, one)))
+
+
+def test_parse_dockerfile_go(benchmark, dockerfiles: list[str]) -> None:
+    benchmark(lambda: list(_each(dockerfiles, dockerfile.parse_string)))
+
+
+def _load_grammar() -> object:
+    frontend_parser._lark.cache_clear()
+    return frontend_parser._lark("\\")
+
+
+def test_grammar_load_cold(benchmark, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compiling the grammar with no cache file: a first run."""
+    monkeypatch.setattr(frontend_parser, "_grammar_cache_file", lambda g: False)
+    benchmark(_load_grammar)
+    frontend_parser._lark.cache_clear()
+
+
+def test_grammar_load_cached(
+    benchmark, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Loading the compiled grammar from its cache file: every later run."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    _load_grammar()  # writes the cache file
+    assert list((tmp_path / "buildpy").iterdir())
+    benchmark(_load_grammar)
+    frontend_parser._lark.cache_clear()

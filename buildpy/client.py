@@ -1,0 +1,329 @@
+"""The thin client: runs a command in a ``buildpy serve`` daemon instead of in-process.
+
+Standard library only, and imported by ``buildpy.cli.main`` before anything else, so
+that a command sent to the daemon costs the interpreter's start-up and no more: the
+daemon's warm child parses the flags and runs the engine (docs/api.md, ``POST
+/cli``). What the child writes to its stdout and stderr comes back in docker's
+multiplexed frames and goes to ours; the last frame is its exit code, which becomes
+ours. So a command gives the same output and exit code either way, by construction.
+
+When the daemon is used (``forward_target``): ``--addr ADDR`` or ``$BUILDPY_HOST``
+name it; else, when neither ``--root`` nor ``$BUILDPY_ROOT`` is given and the
+default socket exists, that one. ``buildpy serve`` never forwards, nor ``run -i``
+(the daemon does not carry stdin yet).
+
+Ctrl-C does what it does embedded: the client half-closes its connection, the
+daemon sends SIGINT to the child, and the child's own clean-up output and exit code
+(130) still come back. A second Ctrl-C leaves at once (the daemon still interrupts
+the child, and kills it after a grace period).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import struct
+import sys
+from collections.abc import Sequence
+from typing import Any, BinaryIO
+
+DEFAULT_ADDR = "unix:///run/buildpy/buildpy.sock"
+API_VERSION = "1"
+
+STDOUT, STDERR, EXIT = 1, 2, 3
+FRAME_HEADER = struct.Struct(">BxxxI")  # stream, 3 zero bytes, payload length
+MULTIPLEXED = "application/vnd.docker.multiplexed-stream"
+
+EXIT_USAGE = 2  # the values of buildpy.errors, not imported: it stays cheap
+EXIT_INFRA = 4
+EXIT_INTERRUPTED = 130
+
+EMBEDDED_ONLY = False  # set in the daemon's children: they never forward
+
+# Environment the command must not see from the client: the daemon sets its own.
+_CLIENT_ONLY = ("BUILDPY_HOST", "BUILDPY_ROOT", "LISTEN_FDS", "LISTEN_PID")
+
+
+class AddressError(ValueError):
+    """An --addr or BUILDPY_HOST this client cannot use."""
+
+
+def socket_path(addr: str) -> str:
+    """The Unix socket path of ``unix:///path`` (or of a bare absolute path)."""
+    if addr.startswith("unix://"):
+        path = addr[len("unix://") :]
+    elif addr.startswith("/"):
+        path = addr
+    elif addr.startswith(("tcp://", "https://")):
+        raise AddressError(
+            f"daemon address {addr!r}: TCP with TLS is not supported yet; "
+            "expected unix:///PATH"
+        )
+    else:
+        raise AddressError(f"daemon address {addr!r}: expected unix:///PATH")
+    if not path.startswith("/"):
+        raise AddressError(f"daemon address {addr!r}: the socket path is not absolute")
+    return path
+
+
+def encode_frame(stream: int, payload: bytes) -> bytes:
+    return FRAME_HEADER.pack(stream, len(payload)) + payload
+
+
+# --- choosing the path ---------------------------------------------------------
+
+
+def _split_global(argv: Sequence[str]) -> tuple[list[str], str | None, bool, str]:
+    """argv without --addr, the --addr value, whether --root was given, the command.
+
+    Tokens after ``--`` are left alone: they belong to the command (``run``).
+    """
+    rest: list[str] = []
+    addr: str | None = None
+    root = False
+    command = ""
+    tokens = list(argv)
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if token == "--":
+            rest.extend(tokens[i:])
+            break
+        if token == "--addr" and i + 1 < len(tokens):
+            addr = tokens[i + 1]
+            i += 2
+            continue
+        if token.startswith("--addr="):
+            addr = token.partition("=")[2]
+            i += 1
+            continue
+        if token == "--root" or token.startswith("--root="):
+            root = True
+        elif not command and not token.startswith("-"):
+            previous = tokens[i - 1] if i else ""
+            if previous != "--root":
+                command = token
+        rest.append(token)
+        i += 1
+    return rest, addr, root, command
+
+
+def _interactive(argv: Sequence[str], command: str) -> bool:
+    if command != "run":
+        return False
+    for token in argv:
+        if token == "--":
+            break
+        if token in ("-i", "--interactive", "-it", "-ti") or (
+            len(token) > 2
+            and token[0] == "-"
+            and token[1] != "-"
+            and "i" in token[1:]
+            and token[1:].isalpha()
+        ):
+            return True
+    return False
+
+
+def forward_target(argv: Sequence[str]) -> tuple[str, list[str], bool] | None:
+    """(address, argv to send, explicit) when the command goes to a daemon, else
+    None. ``explicit`` is False when only the default socket's presence chose it."""
+    if EMBEDDED_ONLY:
+        return None
+    rest, addr, root_flag, command = _split_global(argv)
+    if command == "serve" or _interactive(rest, command):
+        return None
+    if addr is None:
+        addr = os.environ.get("BUILDPY_HOST") or None
+    if addr is not None:
+        return addr, rest, True
+    if root_flag or os.environ.get("BUILDPY_ROOT"):
+        return None
+    try:
+        if os.path.exists(socket_path(DEFAULT_ADDR)):
+            return DEFAULT_ADDR, rest, False
+    except AddressError:
+        pass
+    return None
+
+
+def resolve_build_args(argv: Sequence[str]) -> list[str]:
+    """``--build-arg NAME`` takes NAME's value from the client's environment."""
+    out: list[str] = []
+    take_next = False
+    for token in argv:
+        if token == "--":
+            take_next = False
+        if take_next:
+            if "=" not in token:
+                token = f"{token}={os.environ.get(token, '')}"
+            take_next = False
+        elif token == "--build-arg":
+            take_next = True
+        elif token.startswith("--build-arg=") and "=" not in token[12:]:
+            name = token[12:]
+            token = f"--build-arg={name}={os.environ.get(name, '')}"
+        out.append(token)
+    return out
+
+
+# --- talking to the daemon -----------------------------------------------------
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a Unix socket; the Host header is a placeholder."""
+
+    def __init__(self, path: str, timeout: float | None = None) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def request_json(addr: str, method: str, path: str, body: Any = None) -> Any:
+    """One request to the daemon, its JSON answer (for tools and tests)."""
+    conn = UnixHTTPConnection(socket_path(addr))
+    try:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        conn.request(method, path, body=data, headers=headers)
+        resp = conn.getresponse()
+        payload = resp.read()
+        if resp.status >= 400:
+            raise OSError(f"{method} {path}: {resp.status} {payload.decode()}")
+        return json.loads(payload) if payload else None
+    finally:
+        conn.close()
+
+
+def _terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def _size() -> tuple[int, int]:
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+        return size.lines, size.columns
+    except (OSError, ValueError, AttributeError):
+        return 0, 0
+
+
+def _read_exact(resp: http.client.HTTPResponse, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = resp.read(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _lost(addr: str) -> int:
+    print(
+        f"ERROR: lost the connection to the buildpy daemon at {addr}", file=sys.stderr
+    )
+    return EXIT_INFRA
+
+
+def _pump(resp: http.client.HTTPResponse, out: BinaryIO, err: BinaryIO) -> int | None:
+    """Copy frames to out/err until the exit frame; None when the stream ends first."""
+    while True:
+        header = _read_exact(resp, FRAME_HEADER.size)
+        if len(header) < FRAME_HEADER.size:
+            return None
+        stream, length = FRAME_HEADER.unpack(header)
+        payload = _read_exact(resp, length)
+        if len(payload) < length:
+            return None
+        if stream == EXIT:
+            return int(payload.decode().strip())
+        target = out if stream == STDOUT else err
+        target.write(payload)
+        target.flush()
+
+
+def run_cli(addr: str, argv: Sequence[str], *, explicit: bool = True) -> int | None:
+    """Run ``buildpy ARGV`` in the daemon at ``addr``; its exit code. None when the
+    default socket (``explicit`` False) refuses connections: a stale socket of a
+    daemon that is gone, and the caller runs the command in-process instead."""
+    try:
+        path = socket_path(addr)
+    except AddressError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    body = {
+        "argv": resolve_build_args(argv),
+        "cwd": os.getcwd(),
+        "env": {k: v for k, v in os.environ.items() if k not in _CLIENT_ONLY},
+        "tty": {
+            "stdout": _terminal(sys.stdout),
+            "stderr": _terminal(sys.stderr),
+            "size": list(_size()),
+        },
+    }
+    conn = UnixHTTPConnection(path)
+    try:
+        conn.connect()
+    except OSError as exc:
+        conn.close()
+        if not explicit:
+            return None
+        reason = exc.strerror or str(exc)
+        print(
+            f"ERROR: cannot connect to the buildpy daemon at {addr}: {reason}",
+            file=sys.stderr,
+        )
+        return EXIT_INFRA
+    out = sys.stdout.buffer
+    err = sys.stderr.buffer
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        try:
+            conn.request(
+                "POST",
+                "/cli",
+                body=json.dumps(body).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            resp = conn.getresponse()
+            if resp.status != 200:
+                message = resp.read().decode(errors="replace").strip()
+                print(
+                    f"ERROR: the buildpy daemon at {addr}: {message}", file=sys.stderr
+                )
+                return EXIT_INFRA
+            code = _pump(resp, out, err)
+        except KeyboardInterrupt:
+            # As embedded: the command is interrupted, cleans up and says so.
+            try:
+                if conn.sock is not None:
+                    conn.sock.shutdown(socket.SHUT_WR)
+                code = _pump(resp, out, err)  # type: ignore[possibly-undefined]
+            except KeyboardInterrupt:
+                print("buildpy: interrupted", file=sys.stderr)
+                return EXIT_INTERRUPTED
+            except (OSError, NameError, http.client.HTTPException):
+                print("buildpy: interrupted", file=sys.stderr)
+                return EXIT_INTERRUPTED
+            if code is None:
+                print("buildpy: interrupted", file=sys.stderr)
+                return EXIT_INTERRUPTED
+        return _lost(addr) if code is None else code
+    except (OSError, http.client.HTTPException):
+        return _lost(addr)
+    finally:
+        conn.close()

@@ -1,0 +1,103 @@
+"""``buildpy lint`` and ``buildpy build --check``: the Dockerfile build checks
+(frontend.lint), printed as text or JSON, without building anything.
+
+Exit codes: 0 when no finding is an error, 3 (EXIT_DOCKERFILE) when a file does
+not parse or ``# check=error=true`` turns its findings into errors, 2 when a
+file cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from buildpy import errors
+from buildpy.engine import host_platform
+from buildpy.errors import UsageError
+from frontend import DockerfileError, read_dockerignore
+from frontend.lint import LintResult, lint
+
+
+def _ignore_patterns(dockerfile: Path, context: Path) -> list[str]:
+    """``<Dockerfile>.dockerignore`` beside the Dockerfile, else the context's."""
+    for candidate in (
+        dockerfile.with_name(dockerfile.name + ".dockerignore"),
+        context / ".dockerignore",
+    ):
+        if candidate.is_file():
+            return read_dockerignore(candidate.read_text())
+    return []
+
+
+def _targets(args: argparse.Namespace) -> list[tuple[Path, Path]]:
+    """(Dockerfile, context) pairs to check."""
+    if args.command == "build":
+        return [(args.file or args.context / "Dockerfile", args.context)]
+    files = [*args.file, *args.files] or [Path("Dockerfile")]
+    return [(f, f.parent) for f in files]
+
+
+def lint_command(args: argparse.Namespace) -> int:
+    build_args = dict(args.build_arg)
+    platform = "/".join(host_platform())
+    reports: list[dict[str, Any]] = []
+    status = errors.EXIT_OK
+    for dockerfile, context in _targets(args):
+        try:
+            text = dockerfile.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read Dockerfile {dockerfile}: {exc}") from None
+        try:
+            result = lint(
+                text,
+                filename=str(dockerfile),
+                build_args=build_args,
+                dockerignore=_ignore_patterns(dockerfile, context),
+                platform=platform,
+            )
+        except DockerfileError as exc:
+            status = errors.EXIT_DOCKERFILE
+            reports.append({"file": str(dockerfile), "error": str(exc)})
+            if getattr(args, "format", "text") == "text":
+                print(f"ERROR: {exc}", file=sys.stderr)
+                if exc.line:
+                    print(exc.frame(text), file=sys.stderr)
+            continue
+        if result.failed:
+            status = errors.EXIT_DOCKERFILE
+        reports.append(_report(dockerfile, result))
+        if getattr(args, "format", "text") == "text":
+            _print_text(dockerfile, text, result)
+    if getattr(args, "format", "text") == "json":
+        json.dump(reports, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    return status
+
+
+def _report(dockerfile: Path, result: LintResult) -> dict[str, Any]:
+    return {
+        "file": str(dockerfile),
+        "error": None,
+        "failed": result.failed,
+        "warnings": [f.to_json() for f in result.findings],
+    }
+
+
+def _print_text(dockerfile: Path, text: str, result: LintResult) -> None:
+    """One block per finding: ``FILE:LINE: Rule: message``, the hint, and, as
+    BuildKit prints it, the marked lines."""
+    level = "ERROR" if result.error else "WARNING"
+    lines = text.splitlines()
+    for f in result.findings:
+        first, last = f.lines
+        print(f"{dockerfile}:{first}: {level}: {f.rule}: {f.message}")
+        print(f"    hint: {f.hint}")
+        for number in range(first, min(last, len(lines)) + 1):
+            print(f" {number:>3} | {lines[number - 1]}")
+    count = len(result.findings)
+    if count:
+        noun = "error" if result.error else "warning"
+        print(f"{dockerfile}: {count} {noun}{'s' if count != 1 else ''}")

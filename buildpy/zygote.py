@@ -1,0 +1,252 @@
+"""The fork server behind ``buildpy serve``: a warm process that forks one child per
+command, each child running ``buildpy.cli.main(argv)`` exactly as the embedded CLI
+does.
+
+Theory of operation
+-------------------
+The daemon starts ``python -m buildpy.zygote FD`` with one end of a SOCK_SEQPACKET
+socketpair as FD. The zygote imports everything a command needs (the engine, the
+frontend with its grammar primed by one parse), writes one byte ``R`` on FD to say it
+is ready, then loops: each record on FD is one request, JSON ``{argv, cwd, env,
+root}``, carrying three file descriptors with SCM_RIGHTS: the child's stdout, its
+stderr (pipe or pty ends) and a status pipe.
+
+The zygote stays single-threaded and never runs Trio, opens no database and holds
+no lock, so a fork of it is a clean copy of a freshly started CLI with its imports
+done. It forks twice: the middle process forks the child and exits at once, the
+zygote reaps the middle process, and the child is adopted by init (or by the
+daemon's subreaper). The zygote therefore never waits on a command, and a command
+that runs for an hour holds nothing of it.
+
+The child makes itself a session leader (so a terminal's Ctrl-C reaches only
+whoever the daemon signals), puts stdin on /dev/null and the two descriptors on 1
+and 2, takes the client's cwd and environment (``BUILDPY_ROOT`` forced to the
+daemon's root), writes its pid as a line on the status pipe, runs ``main(argv)``,
+flushes, and writes its exit code as the last line. The daemon learns from the
+status pipe both whom to signal and when the command ended: a status pipe that
+closes without an exit code means the child died (SIGKILL, a crash).
+"""
+
+from __future__ import annotations
+
+import array
+import importlib
+import io
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import traceback
+from typing import Any
+
+MAX_REQUEST = 1 << 20  # one request record: argv and environment, in JSON
+READY = b"R"
+# What the commands import when they run (besides what the parser imports).
+WARM_MODULES = (
+    "buildpy.commands",
+    "buildpy.build",
+    "buildpy.engine",
+    "buildpy.worker",
+    "buildpy.exporters",
+    "buildpy.archive",
+    "buildpy.cachecmds",
+    "buildpy.imagecmds",
+    "buildpy.lintcmd",
+    "buildpy.prune",
+    "buildpy.report",
+    "buildpy.run",
+    "frontend",
+    "runtime",
+    "snapshotter",
+    "solver",
+    "solver.scheduler",
+)
+
+
+def warm_up() -> None:
+    """Import what any command imports, and compile the Dockerfile grammar."""
+    import buildpy.cli as cli
+    import buildpy.client
+
+    # A child never forwards to a daemon, whatever argv or environment it gets.
+    buildpy.client.EMBEDDED_ONLY = True
+    cli.make_parser()  # imports the modules the parser is built from
+    for name in WARM_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # a module that is there but fails: a bug
+                raise
+    import frontend
+
+    frontend.parse("FROM scratch\n")
+    if threading.active_count() != 1:  # a thread would not survive fork
+        raise RuntimeError("the zygote must stay single-threaded")
+
+
+def _receive(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
+    fds = array.array("i")
+    size = socket.CMSG_SPACE(3 * fds.itemsize)
+    data, ancdata, _flags, _addr = sock.recvmsg(MAX_REQUEST, size)
+    if not data:
+        return None
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return json.loads(data), list(fds)
+
+
+def serve(sock: socket.socket) -> None:
+    """Fork a child per request until the daemon closes its end."""
+    while True:
+        try:
+            received = _receive(sock)
+        except InterruptedError:
+            continue
+        if received is None:
+            return
+        request, fds = received
+        try:
+            if len(fds) != 3:
+                continue  # not a request the daemon makes; nothing to answer
+            middle = os.fork()
+            if middle == 0:
+                try:
+                    if os.fork() == 0:
+                        sock.close()
+                        _child(request, *fds)  # never returns
+                finally:
+                    os._exit(0)
+            os.waitpid(middle, 0)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+def _text_stream(fd: int, errors: str) -> io.TextIOWrapper:
+    tty = os.isatty(fd)
+    raw = io.FileIO(fd, "w", closefd=False)
+    return io.TextIOWrapper(
+        io.BufferedWriter(raw),
+        encoding="utf-8",
+        errors=errors,
+        line_buffering=tty,
+        write_through=tty,
+    )
+
+
+def _exit_code(exc: SystemExit) -> int:
+    """What the interpreter would exit with for this SystemExit."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def images_json(argv: list[str]) -> int:
+    """``GET /images/json``: the local store as docker's image list (JSON)."""
+    from buildpy.engine import Engine
+
+    out = []
+    with Engine.open(None) as engine:
+        by_digest: dict[str, dict[str, Any]] = {}
+        for record in engine.images.list():
+            entry = by_digest.get(record.digest)
+            if entry is None:
+                manifest = engine.images.manifest(record.digest)
+                entry = {
+                    "Id": manifest["config"]["digest"],
+                    "Digest": record.digest,
+                    "RepoTags": [],
+                    "Created": int(record.created),
+                    "Size": sum(int(layer["size"]) for layer in manifest["layers"]),
+                }
+                by_digest[record.digest] = entry
+                out.append(entry)
+            entry["RepoTags"].append(record.name)
+    json.dump(out, sys.stdout)
+    return 0
+
+
+CALLS: dict[str, Any] = {"images": images_json}
+
+
+def _set_name(name: bytes) -> None:
+    """The process name ps shows (15 bytes at most), so children can be told apart
+    from the zygote they were forked from."""
+    try:
+        with open("/proc/self/comm", "wb") as comm:
+            comm.write(name[:15])
+    except OSError:
+        pass
+
+
+def _child(request: dict[str, Any], out: int, err: int, status: int) -> None:
+    code = 1
+    try:
+        os.setsid()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        for fd in (devnull, out, err):
+            if fd > 2:
+                os.close(fd)
+        sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
+        sys.stdout = _text_stream(1, "strict")
+        sys.stderr = _text_stream(2, "backslashreplace")
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.environ["BUILDPY_ROOT"] = request["root"]
+        os.environ.pop("BUILDPY_HOST", None)
+        os.chdir(request["cwd"])
+        os.write(status, f"{os.getpid()}\n".encode())
+        _set_name(b"buildpy-child")
+        from buildpy.cli import main
+
+        call = CALLS.get(request.get("call") or "", main)
+        try:
+            code = call(request["argv"])
+        except SystemExit as exc:
+            code = _exit_code(exc)
+        except KeyboardInterrupt:
+            code = 130
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+    except BaseException:
+        try:
+            traceback.print_exc()
+        except BaseException:
+            pass
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
+        try:
+            code = code & 0xFF if isinstance(code, int) else 1
+            os.write(status, f"{code}\n".encode())
+        finally:
+            os._exit(code)
+
+
+def main() -> None:
+    # Ctrl-C on a foreground `buildpy serve` reaches its whole process group; the
+    # daemon decides what to cancel, so the zygote itself ignores it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    _set_name(b"buildpy-zygote")
+    warm_up()
+    sock.sendall(READY)
+    serve(sock)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,463 @@
+"""``buildpy serve`` and the thin client: every command gives the same output and exit
+code through the daemon as embedded, ten builds at once, a client interrupted and a
+daemon stopped mid-build, the socket's mode, the client's imports, the API."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from buildpy import client
+from tests.buildpy.test_interrupt import processes_running
+from tests.conftest import REPO, Buildpy, mounts_under, write_context
+
+STOPPED = "ERROR: the buildpy daemon stopped; the build was canceled"
+
+
+def daemon_processes() -> list[str]:
+    """Zygotes and children of any buildpy daemon (their /proc comm)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if comm in ("buildpy-zygote", "buildpy-child") and state != "Z":
+            found.append(f"{pid} {comm}")
+    return found
+
+
+@dataclass
+class Daemon:
+    proc: subprocess.Popen[str]
+    addr: str
+    log: list[str]
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+def start_daemon(root: Path, socket_path: Path) -> Daemon:
+    addr = f"unix://{socket_path}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "buildpy", "serve", "--addr", addr, "--root", str(root)],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    log: list[str] = []
+    assert proc.stderr is not None
+    first = proc.stderr.readline()  # the daemon says so once it listens
+    log.append(first)
+
+    def drain() -> None:
+        assert proc.stderr is not None
+        log.extend(proc.stderr)
+
+    threading.Thread(target=drain, daemon=True).start()
+    if "listening on" not in first:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"buildpy serve did not start: {first}")
+    return Daemon(proc, addr, log)
+
+
+@pytest.fixture
+def daemon(busybox: Buildpy, tmp_path: Path) -> Iterator[Daemon]:
+    """``buildpy serve`` on a temporary socket, over the busybox store."""
+    d = start_daemon(busybox.root, tmp_path / "sock" / "buildpy.sock")
+    try:
+        yield d
+    finally:
+        if d.proc.poll() is None:
+            d.proc.send_signal(signal.SIGTERM)
+            try:
+                d.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                d.proc.kill()
+                d.proc.wait()
+    assert daemon_processes() == [], "".join(d.log)
+
+
+def via(buildpy: Buildpy, daemon: Daemon, *args: str | os.PathLike[str], **kw):
+    """Run a command through the daemon (BUILDPY_HOST), as a user would."""
+    env = {"BUILDPY_HOST": daemon.addr, **kw.pop("env", {})}
+    return buildpy.run(*args, env=env, **kw)
+
+
+def normalise(text: str) -> str:
+    """Plain progress without its clock: step times, durations, ages."""
+    text = re.sub(r"^(#\d+) \d+\.\d+ ", r"\1 T ", text, flags=re.M)
+    text = re.sub(r"DONE \d+\.\d+s", "DONE Ts", text)
+    text = re.sub(r"(Less than a \w+|\d+ \w+s?) ago", "AGO", text)
+    return re.sub(r" +", " ", text)
+
+
+# --- the same output and exit codes ----------------------------------------------
+
+
+def test_every_command_matches_embedded(busybox: Buildpy, daemon: Daemon, tmp_path):
+    context = write_context(
+        tmp_path / "ctx",
+        {"Dockerfile": "FROM busybox\nRUN echo built > /f\nCOPY a /a\n", "a": "x\n"},
+    )
+    failing = write_context(
+        tmp_path / "fail", {"Dockerfile": "FROM busybox\nRUN echo no && exit 3\n"}
+    )
+    broken = write_context(tmp_path / "broken", {"Dockerfile": "FROM busybox\nRUN\n"})
+    rootfs = write_context(tmp_path / "rootfs", {"etc/hello": "hi\n"})
+    busybox.build(context, "-t", "app:1")  # both ways below see a cached build
+    cases: list[tuple[tuple[str | os.PathLike[str], ...], int]] = [
+        (("build", "--progress", "plain", "-t", "app:1", context), 0),
+        (("build", "-q", context), 0),
+        (("build", "--progress", "plain", failing), 1),
+        (("build", "--progress", "plain", broken), 3),
+        (("build", "--no-such-flag", context), 2),
+        (("build", "--progress", "plain", tmp_path / "missing"), 2),
+        (("images",), 0),
+        (("inspect", "app:1"), 0),
+        (("inspect", "nope"), 2),
+        (("import", "-c", 'CMD ["sh"]', rootfs, "imported:1"), 0),
+        (("debug", "ast", context / "Dockerfile"), 0),
+        (("--help",), 0),
+    ]
+    for args, code in cases:
+        embedded = busybox.run(*args, check=False)
+        remote = via(busybox, daemon, *args, check=False)
+        what = " ".join(map(str, args))
+        assert embedded.returncode == code, f"{what}: {embedded.stderr}"
+        assert remote.returncode == code, f"{what}: {remote.stderr}"
+        if args[0] == "import":  # the config's "created" is now: another digest
+            embedded.stdout = re.sub(r"sha256:\w{64}", "DIGEST", embedded.stdout)
+            remote.stdout = re.sub(r"sha256:\w{64}", "DIGEST", remote.stdout)
+        assert normalise(remote.stdout) == normalise(embedded.stdout), what
+        assert normalise(remote.stderr) == normalise(embedded.stderr), what
+
+
+def test_relative_paths_and_build_arg_from_client_env(
+    busybox: Buildpy, daemon: Daemon, tmp_path
+):
+    write_context(
+        tmp_path / "ctx",
+        {"Dockerfile": "FROM busybox\nARG GREETING\nRUN echo said-$GREETING\n"},
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "buildpy", "build", "--progress", "plain"]
+        + ["--build-arg", "GREETING", "ctx"],
+        env={**os.environ, "BUILDPY_HOST": daemon.addr, "GREETING": "hello"},
+        cwd=tmp_path,  # a relative context: the command runs in the client's cwd
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "said-hello" in proc.stderr
+
+
+def test_ten_builds_at_once(busybox: Buildpy, daemon: Daemon, tmp_path):
+    context = write_context(
+        tmp_path / "ctx",
+        {"Dockerfile": "FROM busybox\nRUN echo ran-once && sleep 1 > /f\n"},
+    )
+
+    def one(_: int) -> subprocess.CompletedProcess[str]:
+        return via(
+            busybox, daemon, "build", "--progress", "plain", "-t", "ten", context
+        )
+
+    with ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(one, range(10)))
+    images = {
+        re.search(r"writing image (sha256:\w+)", r.stderr).group(1)  # type: ignore[union-attr]
+        for r in results
+    }
+    assert len(images) == 1
+    # One store, one cache: the RUN ran in one build, the nine others waited for it.
+    ran = [
+        r for r in results if "ran-once" in r.stderr.replace("RUN echo ran-once", "")
+    ]
+    assert len(ran) == 1, [r.stderr for r in results]
+
+
+# --- cancellation ------------------------------------------------------------------
+
+
+def _start_client(root: Path, daemon: Daemon, context: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "BUILDPY_HOST": daemon.addr}
+    env.pop("BUILDPY_ROOT", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "buildpy", "build", "--progress", "plain", str(context)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+
+
+def _wait_for_step(proc: subprocess.Popen[str], marker: str) -> list[str]:
+    """Read the client's stderr until the RUN says it started and its process runs."""
+    seen: list[str] = []
+    started = threading.Event()
+
+    def watch() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            seen.append(line)
+            if "step-started" in line:
+                started.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    assert started.wait(120), "".join(seen)
+    deadline = time.monotonic() + 30
+    while not processes_running(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling the process table, not ordering events
+    return seen
+
+
+def test_client_interrupted_mid_build(busybox: Buildpy, daemon: Daemon, tmp_path):
+    marker = "sleep 4343"
+    context = write_context(
+        tmp_path / "ctx",
+        {"Dockerfile": f"FROM busybox\nRUN echo step-started && {marker}\n"},
+    )
+    proc = _start_client(busybox.root, daemon, context)
+    try:
+        seen = _wait_for_step(proc, marker)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == 130, "".join(seen)
+    assert "Traceback" not in "".join(seen)
+    assert processes_running(marker) == []
+    assert mounts_under(busybox.root) == []
+    (context / "Dockerfile").write_text("FROM busybox\nRUN echo next\n")
+    via(busybox, daemon, "build", "--progress", "plain", context)
+
+
+def test_daemon_stopped_mid_build(busybox: Buildpy, tmp_path):
+    marker = "sleep 4444"
+    context = write_context(
+        tmp_path / "ctx",
+        {"Dockerfile": f"FROM busybox\nRUN echo step-started && {marker}\n"},
+    )
+    d = start_daemon(busybox.root, tmp_path / "buildpy.sock")
+    proc = _start_client(busybox.root, d, context)
+    try:
+        seen = _wait_for_step(proc, marker)
+        assert d.stop() == 0, "".join(d.log)
+        code = proc.wait(timeout=60)
+    finally:
+        for p in (proc, d.proc):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert code == 4, "".join(seen)
+    assert seen[-1].strip() == STOPPED, "".join(seen)
+    assert processes_running(marker) == []
+    assert mounts_under(busybox.root) == []
+    assert daemon_processes() == []
+    assert not (tmp_path / "buildpy.sock").exists()
+    # A new daemon on the same store builds, the interrupted step included.
+    d = start_daemon(busybox.root, tmp_path / "buildpy.sock")
+    try:
+        (context / "Dockerfile").write_text("FROM busybox\nRUN echo step-started\n")
+        via(busybox, d, "build", "--progress", "plain", context)
+    finally:
+        d.stop()
+
+
+def test_daemon_killed_client_says_so(busybox: Buildpy, tmp_path):
+    marker = "sleep 4545"
+    context = write_context(
+        tmp_path / "ctx",
+        {"Dockerfile": f"FROM busybox\nRUN echo step-started && {marker}\n"},
+    )
+    d = start_daemon(busybox.root, tmp_path / "buildpy.sock")
+    proc = _start_client(busybox.root, d, context)
+    try:
+        seen = _wait_for_step(proc, marker)
+        d.proc.kill()
+        d.proc.wait()
+        code = proc.wait(timeout=60)
+    finally:
+        # The orphaned command builds on: interrupt it as a daemon would have.
+        for entry in daemon_processes():
+            pid, comm = entry.split()
+            os.kill(
+                int(pid), signal.SIGINT if comm == "buildpy-child" else signal.SIGKILL
+            )
+        for p in (proc, d.proc):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        deadline = time.monotonic() + 30
+        while daemon_processes() and time.monotonic() < deadline:
+            time.sleep(0.05)  # waiting for the orphan's clean-up, not ordering
+    assert code == 4
+    assert seen[-1].strip() == (
+        f"ERROR: lost the connection to the buildpy daemon at {d.addr}"
+    )
+    assert processes_running(marker) == []
+    assert mounts_under(busybox.root) == []
+
+
+# --- the socket, the client, the API -------------------------------------------------
+
+
+def test_socket_mode_and_ping(daemon: Daemon):
+    path = client.socket_path(daemon.addr)
+    info = os.stat(path)
+    assert stat.S_ISSOCK(info.st_mode)
+    assert stat.S_IMODE(info.st_mode) == 0o660
+    assert info.st_uid == 0
+    conn = client.UnixHTTPConnection(path)
+    try:
+        conn.request("GET", "/_ping")
+        assert conn.getresponse().read() == b"OK"
+    finally:
+        conn.close()
+    version = client.request_json(daemon.addr, "GET", "/version")
+    assert version["ApiVersion"] == client.API_VERSION
+    assert version["Pid"] == daemon.proc.pid
+
+
+def test_client_imports_only_the_standard_library(daemon: Daemon):
+    # -S: no site-packages hooks; the repository is on sys.path as the cwd.
+    proc = subprocess.run(
+        [sys.executable, "-S", "-X", "importtime", "-m", "buildpy"]
+        + ["--addr", daemon.addr, "images"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "REPOSITORY" in proc.stdout
+    imported = [
+        line.split("|")[2].strip()
+        for line in proc.stderr.splitlines()
+        if line.startswith("import time:") and "imported package" not in line
+    ]
+    allowed = {"buildpy", "buildpy.cli", "buildpy.client", "buildpy.errors"}
+    foreign = [
+        name
+        for name in imported
+        if name not in allowed and name.split(".")[0] not in sys.stdlib_module_names
+    ]
+    assert "buildpy.client" in imported
+    assert foreign == []
+
+
+def test_api_images_inspect_build(busybox: Buildpy, daemon: Daemon, tmp_path):
+    context = write_context(
+        tmp_path / "ctx", {"Dockerfile": "FROM busybox\nRUN echo api\n"}
+    )
+    images = client.request_json(daemon.addr, "GET", "/images/json")
+    assert [image["RepoTags"] for image in images] == [["busybox:latest"]]
+    one = client.request_json(daemon.addr, "GET", "/images/busybox/json")
+    assert one["Id"] == images[0]["Id"]
+    with pytest.raises(OSError, match="404"):
+        client.request_json(daemon.addr, "GET", "/images/nope/json")
+    conn = client.UnixHTTPConnection(client.socket_path(daemon.addr))
+    try:
+        body = {"context": str(context), "tags": ["api:1"]}
+        conn.request("POST", "/build", body=json.dumps(body))
+        resp = conn.getresponse()
+        assert resp.status == 200
+        lines = [json.loads(line) for line in resp.read().splitlines()]
+    finally:
+        conn.close()
+    assert any(e.get("status") == "LOG" and e.get("line") == "api" for e in lines)
+    result = lines[-1]["result"]
+    assert result["exit_code"] == 0, result
+    tags = busybox.run("images").stdout
+    assert "api " in tags
+
+
+def test_contrib_units_verify(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    exe = shutil.which("buildpy")
+    if analyze is None or exe is None:
+        pytest.skip("systemd-analyze or an installed buildpy command is not there")
+    # verify checks that ExecStart exists: point it at this machine's buildpy.
+    service = (REPO / "contrib/buildpy.service").read_text()
+    (tmp_path / "buildpy.service").write_text(
+        service.replace("/usr/local/bin/buildpy", exe)
+    )
+    shutil.copy(REPO / "contrib/buildpy.socket", tmp_path / "buildpy.socket")
+    proc = subprocess.run(
+        [
+            analyze,
+            "verify",
+            str(tmp_path / "buildpy.socket"),
+            str(tmp_path / "buildpy.service"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_terminal_client_gets_the_tty_display(
+    busybox: Buildpy, daemon: Daemon, tmp_path
+):
+    """--progress auto chooses the live display when the client's stderr is a
+    terminal: the daemon gives the command a pty, as embedded it would have one."""
+    import pty
+
+    context = write_context(
+        tmp_path / "ctx", {"Dockerfile": "FROM busybox\nRUN echo t\n"}
+    )
+    master, slave = pty.openpty()
+    env = {**os.environ, "BUILDPY_HOST": daemon.addr}
+    env.pop("BUILDPY_ROOT", None)
+    env.pop("BUILDKIT_PROGRESS", None)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "buildpy", "build", str(context)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=slave,
+            cwd=REPO,
+        )
+        os.close(slave)
+        slave = -1
+        seen = b""
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the client closed the terminal's last writer
+                break
+            if not data:
+                break
+            seen += data
+        assert proc.wait(timeout=120) == 0, seen.decode(errors="replace")
+    finally:
+        os.close(master)
+        if slave >= 0:
+            os.close(slave)
+    text = seen.decode(errors="replace")
+    assert "[+] Building" in text and "FINISHED" in text, text
+    assert "#1 [internal]" not in text  # not the plain display
