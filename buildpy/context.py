@@ -5,10 +5,12 @@ Theory of operation
 The solver's cache key for a COPY from the context must change exactly when the
 copy's result would: ``ContextHasher.checksum`` hashes (sha256) the list that
 ``fileops.select_sources`` gives for the action, the same list the copy writes,
-one line per entry with the entry's place in the result, its type, the mode and
-owner the copy will write (after --chmod and --chown), a symlink's target, a
-device's numbers, a hard link to an earlier entry, and a regular file's content
-checksum (xxh3-128). mtimes are left out, and so are modes that --chmod replaces.
+one line per entry with the entry's place in the result (with COPY --parents
+the kept parents too, and the kept parent directories as entries of their own),
+its type, the mode and owner the copy will write (after --chmod and --chown), a
+symlink's target, a device's numbers, a hard link to an earlier entry, and a
+regular file's content checksum (xxh3-128). mtimes are left out, and so are
+modes that --chmod replaces.
 
 Reading every file on every build would make a cached rebuild as slow as the
 first one, so a file's content checksum is remembered in the table
@@ -49,7 +51,7 @@ from buildpy.fileops import Ignore, Selected, parse_chmod, select_sources
 from solver.graph import CopyAction
 
 # Bump when the encoding of an entry changes: old cache keys must not match.
-CHECKSUM_VERSION = b"buildpy-context-checksum-v1"
+CHECKSUM_VERSION = b"buildpy-context-checksum-v2"
 _CHUNK = 1 << 20
 _CLOCK_REALTIME_COARSE = 5  # <linux/time.h>; Python 3.11 does not name it
 
@@ -168,12 +170,15 @@ class ContextHasher:
                     link = str(first).encode()
             elif e.link is not None:
                 link = os.fsencode(e.link)
+            mode = b"%o" % _written_mode(st.st_mode, chmod)
             fields = [
                 str(e.source).encode(),
                 os.fsencode(e.top),
                 os.fsencode(e.inner),
+                os.fsencode(e.place),
+                b"p" if e.parent else b"",
                 str(stat.S_IFMT(st.st_mode)).encode(),
-                b"%o" % _written_mode(st.st_mode, chmod),
+                mode,
                 owner,
                 link,
                 str(st.st_rdev if _is_device(st.st_mode) else 0).encode(),
@@ -183,7 +188,7 @@ class ContextHasher:
             # encoding is unambiguous.
             h.update(b"\0".join(fields) + b"\0\n")
             if detail is not None:
-                detail[e.relpath] = _detail(st.st_mode, content, e.link, fields[4])
+                detail[e.relpath] = _detail(st.st_mode, content, e.link, mode)
         self._store(root, fresh)
         return "sha256:" + h.hexdigest()
 

@@ -25,6 +25,15 @@ path itself is followed when it is a symlink (BuildKit's FollowSymlinks), while
 symlinks inside a copied directory stay symlinks. A directory source copies its
 contents; a file source keeps its name under a directory destination.
 
+COPY --parents keeps each matched source's path as written (a wildcard element
+as it matched, a symlinked directory under its own name), relative to the
+source root or to the pivot, the first ``/./`` of the source: the matched
+source lands at ``dest/<that path>``. ``select_sources`` puts the kept parent
+directories in its list too (``Selected.parent``, once each, before what they
+hold), so that the copy creates them with their source metadata and the
+context checksum covers them; ``Selected.place`` is where an entry's matched
+source lands below ``dest``, the part of the layout the other fields lack.
+
 ADD of a local tar archive (detected by content) reads the archive twice: the
 first pass checks that no entry lands outside the destination (``..``,
 absolute names, a symlink or a hard link that points out) without writing
@@ -87,6 +96,12 @@ class Selected:
     relative to ``src_root`` (what .dockerignore sees), ``st`` its lstat (the
     matched source is already followed, so it is never a symlink) and ``link`` a
     symlink's target.
+
+    With COPY --parents, ``place`` is the path below the destination where the
+    matched source lands (its kept parents and its name; "" for the pivot
+    itself), and ``parent`` marks a kept parent directory: it is created (with
+    this entry's metadata when missing) but its other contents are not copied.
+    Both stay at their defaults otherwise.
     """
 
     source: int
@@ -96,6 +111,8 @@ class Selected:
     relpath: str
     st: os.stat_result
     link: str | None = None
+    place: str = ""
+    parent: bool = False
 
     @property
     def path(self) -> Path:
@@ -354,6 +371,19 @@ def _clean_source(pattern: str) -> str:
     return posixpath.normpath("/" + pattern.lstrip("/"))
 
 
+def _source_elements(pattern: str, parents: bool) -> tuple[list[str], int]:
+    """The cleaned elements of a source, and how many of them lie before the
+    pivot (COPY --parents keeps only the elements after it). Without a pivot
+    the source root is the pivot. The two sides are cleaned apart, so ``..``
+    after the pivot cannot climb above it."""
+    head, sep, tail = pattern.partition("/./") if parents else ("", "", pattern)
+    if not sep:
+        head, tail = "", pattern
+    before = [e for e in _clean_source(head).split("/") if e]
+    after = [e for e in _clean_source(tail).split("/") if e]
+    return before + after, len(before)
+
+
 def _not_found(pattern: str, action: CopyAction, from_context: bool) -> FileOpError:
     verb = "ADD" if action.unpack else "COPY"
     where = "in the build context" if from_context else "in the source"
@@ -382,11 +412,13 @@ class _Hidden(Exception):
     """Internal: resolution walked into an ignored entry; the path is missing."""
 
 
-def _matches(root: Path, pattern: str, vis: _Visibility) -> list[tuple[str, str]]:
-    """(name, path inside the root) of every entry ``pattern`` selects, the
-    paths fully resolved; empty when nothing matches or exists."""
-    readlink = _visible_readlink(root, vis) if vis else _disk_readlink(root)
-    elements = [e for e in _clean_source(pattern).split("/") if e]
+def _matches(
+    root: Path, elements: list[str], readlink: Readlink, vis: _Visibility
+) -> list[tuple[str, str, str]]:
+    """(name, path inside the root, path as matched) of every entry the source
+    ``elements`` select; the second is fully resolved, the third is the path
+    with its wildcards filled in and no symlink followed. Empty when nothing
+    matches or exists."""
     # Each candidate: (unresolved path inside the root, its last element).
     candidates: list[tuple[str, str]] = [("/", "")]
     for element in elements:
@@ -404,7 +436,7 @@ def _matches(root: Path, pattern: str, vis: _Visibility) -> list[tuple[str, str]
                 continue
             expanded += [(posixpath.join(path, n), n) for n in names if rx.fullmatch(n)]
         candidates = expanded
-    found: list[tuple[str, str]] = []
+    found: list[tuple[str, str, str]] = []
     for path, name in candidates:
         try:
             inside = _resolve(path, readlink)
@@ -417,7 +449,7 @@ def _matches(root: Path, pattern: str, vis: _Visibility) -> list[tuple[str, str]
         rel = inside.lstrip("/")
         if rel and vis and vis.state(rel, stat.S_ISDIR(st.st_mode)) == "hide":
             continue
-        found.append((name, inside))
+        found.append((name, inside, path))
     return found
 
 
@@ -461,18 +493,59 @@ def select_sources(
     source comes first (``inner == ""``), followed. Raises FileOpError for a
     source that matches nothing."""
     vis = _Visibility(ignore, action.excludes)
+    readlink = _visible_readlink(src_root, vis) if vis else _disk_readlink(src_root)
+    kept: set[str] = set()  # --parents: kept parent directories already listed
     out: list[Selected] = []
     for index, pattern in enumerate(action.sources):
-        matches = _matches(src_root, pattern, vis)
+        elements, pivot = _source_elements(pattern, action.parents)
+        matches = _matches(src_root, elements, readlink, vis)
         if not matches:
             raise _not_found(pattern, action, from_context)
-        for name, inside in matches:
+        for name, inside, matched in matches:
+            place = ""
+            if action.parents:
+                names = [e for e in matched.split("/") if e][pivot:]
+                place = "/".join(names)
+                out.extend(
+                    _kept_parents(src_root, matched, pivot, index, readlink, kept)
+                )
             path = src_root / inside.lstrip("/") if inside != "/" else src_root
             st = os.lstat(path)
             rel = inside.lstrip("/")
-            out.append(Selected(index, name, "", str(path), rel, st))
+            out.append(Selected(index, name, "", str(path), rel, st, place=place))
             if stat.S_ISDIR(st.st_mode):
                 out.extend(_walk(index, name, str(path), rel, "", vis))
+    return out
+
+
+def _kept_parents(
+    root: Path,
+    matched: str,
+    pivot: int,
+    index: int,
+    readlink: Readlink,
+    kept: set[str],
+) -> list[Selected]:
+    """The parent directories COPY --parents keeps for the source matched at
+    ``matched`` (between the pivot and the source), outermost first, each
+    with the metadata of the directory it names (a symlink followed); those
+    already in ``kept`` are left out, and added to it."""
+    names = [e for e in matched.split("/") if e]
+    out: list[Selected] = []
+    for end in range(pivot + 1, len(names)):
+        place = "/".join(names[pivot:end])
+        if place in kept:
+            continue
+        kept.add(place)
+        # The match resolved through this directory, so it is visible.
+        inside = _resolve("/" + "/".join(names[:end]), readlink)
+        path = root / inside.lstrip("/")
+        st = os.lstat(path)
+        rel = inside.lstrip("/")
+        top = names[end - 1]
+        out.append(
+            Selected(index, top, "", str(path), rel, st, place=place, parent=True)
+        )
     return out
 
 
@@ -729,6 +802,10 @@ def copy(
     owner = resolve_owner(dest_root, action.chown) if action.chown else None
     writer = _Writer(dest_root, owner, parse_chmod(action.chmod), not from_context)
     dest = posixpath.normpath("/" + action.dest.lstrip("/"))
+    if action.parents:
+        _copy_parents(dest_root, dest, entries, writer, action.unpack)
+        writer.finish()
+        return
     dest_dir = _dest_is_dir(action.dest)
     tops = [e for e in entries if not e.inner]
     if len(tops) > 1 and not dest_dir:
@@ -747,6 +824,34 @@ def copy(
     for group in groups:
         _copy_one(dest_root, dest, dest_dir, group, writer, action.unpack)
     writer.finish()
+
+
+def _copy_parents(
+    root: Path, dest: str, entries: list[Selected], writer: _Writer, unpack: bool
+) -> None:
+    """COPY --parents: ``dest`` is a directory, each matched source lands at
+    ``dest/place``, and a kept parent directory that is missing is created
+    with its source's metadata (an existing one is left as it is, as the
+    destination of a plain copy is)."""
+    groups: list[list[Selected]] = []
+    for e in entries:
+        if e.parent or not e.inner:
+            groups.append([e])
+        else:
+            groups[-1].append(e)
+    for group in groups:
+        top = group[0]
+        if top.parent:
+            target, created = _ensure_dir(
+                root, posixpath.join(dest, top.place), writer.owner
+            )
+            if created:
+                writer.entry(top, target)
+        elif not top.place:  # the pivot itself: its contents, or a file's name
+            _copy_one(root, dest, True, group, writer, unpack)
+        else:
+            place = posixpath.join(dest, top.place)
+            _copy_one(root, place, top.is_dir, group, writer, unpack)
 
 
 def _copy_one(

@@ -778,10 +778,6 @@ class _Converter:
 
     def do_copy(self, stage, node, step, flags, fail, is_add: bool = False) -> None:
         keyword = "ADD" if is_add else "COPY"
-        if flags.get("parents"):
-            # The copy action cannot yet tell a directory source from a file
-            # one at conversion time, which --parents needs.
-            fail(f"{keyword} --parents is not supported yet")
         words = [a for a in node.args if isinstance(a, str)]
         if len(words) < 2:
             fail(
@@ -843,6 +839,7 @@ class _Converter:
                     chmod=chmod,
                     unpack=is_add and flags.get("unpack", True),
                     excludes=excludes,
+                    parents=bool(flags.get("parents")),
                 )
             )
         stage.root = Vertex(

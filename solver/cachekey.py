@@ -38,7 +38,7 @@ from typing import Any
 
 from solver.graph import GraphError, Vertex, canonical_json, sha256_digest
 
-CACHE_SCHEMA_VERSION = 2
+CACHE_SCHEMA_VERSION = 3
 """Bump when the encoding of a cache key changes (see the module docstring)."""
 
 

@@ -130,6 +130,10 @@ class CopyAction(Action):
     destination's /etc/passwd when the op runs); ``chmod`` an octal string.
     ``unpack`` is ADD's rule: a local tar archive source is extracted.
     ``source`` is the index of the op input to read from.
+    ``parents`` is COPY --parents: each matched source lands at ``dest`` joined
+    with its path as written (wildcards as matched), relative to the source
+    root, or to the pivot when the source holds a ``/./`` (only what follows
+    the pivot is kept); ``dest`` is then always a directory.
     """
 
     kind: ClassVar[str] = "copy"
@@ -140,6 +144,7 @@ class CopyAction(Action):
     chmod: str | None = None
     unpack: bool = False
     excludes: tuple[str, ...] = ()
+    parents: bool = False
 
 
 @dataclass(frozen=True)

@@ -187,6 +187,25 @@ def test_files_the_copy_does_not_read_do_not_matter(
     assert h.checksum(ctx, action, ignore) != base
 
 
+def test_parents_cover_the_kept_path(db: sqlite3.Connection, ctx: Path) -> None:
+    """COPY --parents writes a file under its source directories, so moving it
+    to another directory changes the key; a plain copy writes the same result
+    either way, and its key stays."""
+    parents = CopyAction(sources=("*/a.txt",), dest="/d/", parents=True)
+    plain = CopyAction(sources=("*/a.txt",), dest="/d/")
+    write(ctx / "x/a.txt", "same")
+    (ctx / "y").mkdir()
+    h = hasher(db, clock=settled_clock)
+    before = {a: h.checksum(ctx, a, None) for a in (parents, plain)}
+    os.rename(ctx / "x/a.txt", ctx / "y/a.txt")
+    assert h.checksum(ctx, parents, None) != before[parents]
+    assert h.checksum(ctx, plain, None) == before[plain]
+    # The kept parent's mode is written, so it counts as well.
+    moved = h.checksum(ctx, parents, None)
+    os.chmod(ctx / "y", 0o700)
+    assert h.checksum(ctx, parents, None) != moved
+
+
 def test_missing_source_is_the_users_error(db: sqlite3.Connection, ctx: Path) -> None:
     action = CopyAction(sources=("nope.txt",), dest="/x")
     with pytest.raises(FileOpError, match='"nope.txt" not found in the build context'):

@@ -468,6 +468,132 @@ def test_select_sources_order_is_stable(ctx: Path) -> None:
     ]
 
 
+# --- COPY --parents ------------------------------------------------------------
+
+
+def files_under(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+
+
+def test_parents_keep_the_path_of_each_source(ctx: Path, dest: Path) -> None:
+    write(ctx / "x/y/a.txt", "a")
+    write(ctx / "x/b.txt", "b")
+    write(ctx / "z/c.txt", "c")
+    os.chmod(ctx / "x", 0o750)
+    os.utime(ctx / "x", ns=(OLD_NS, OLD_NS))
+    run_copy(dest, ctx, "./x/y/a.txt", "x/b.txt", to="/dst/", parents=True)
+    assert files_under(dest / "dst") == ["x", "x/b.txt", "x/y", "x/y/a.txt"]
+    assert (dest / "dst/x/y/a.txt").read_text() == "a"
+    # A kept parent is created with its source's metadata, root-owned.
+    assert mode(dest / "dst/x") == 0o750
+    assert os.stat(dest / "dst/x").st_mtime_ns == OLD_NS
+    assert owner(dest / "dst/x") == (0, 0)
+    # Without --parents the same sources land side by side.
+    run_copy(dest, ctx, "./x/y/a.txt", "x/b.txt", to="/flat/")
+    assert files_under(dest / "flat") == ["a.txt", "b.txt"]
+
+
+def test_parents_keep_what_a_wildcard_matched(ctx: Path, dest: Path) -> None:
+    write(ctx / "x/b/a.txt", "b")
+    write(ctx / "x/c/a.txt", "c")
+    write(ctx / "x/d/other.txt")
+    run_copy(dest, ctx, "./x/*/a.txt", to="/dst", parents=True)
+    # Only the matches' parents appear; the destination is a directory even
+    # without a trailing slash.
+    assert files_under(dest / "dst") == ["x", "x/b", "x/b/a.txt", "x/c", "x/c/a.txt"]
+    assert (dest / "dst/x/c/a.txt").read_text() == "c"
+
+
+def test_pivot_keeps_only_what_follows_it(ctx: Path, dest: Path) -> None:
+    write(ctx / "x/y/a.txt", "a")
+    write(ctx / "x/y/b.txt", "b")
+    run_copy(dest, ctx, "./x/./y/*.txt", to="/dst/", parents=True)
+    assert files_under(dest / "dst") == ["y", "y/a.txt", "y/b.txt"]
+    # ".." after the pivot cannot climb above it.
+    run_copy(dest, ctx, "x/./../y/a.txt", to="/up/", parents=True)
+    assert files_under(dest / "up") == ["y", "y/a.txt"]
+
+
+def test_parents_of_a_directory_source_keep_its_name(ctx: Path, dest: Path) -> None:
+    write(ctx / "src/pkg/mod/m.py", "m")
+    write(ctx / "src/pkg/init.py", "i")
+    os.chmod(ctx / "src/pkg", 0o700)
+    run_copy(dest, ctx, "src/pkg", to="/app/", parents=True)
+    assert files_under(dest / "app") == [
+        "src",
+        "src/pkg",
+        "src/pkg/init.py",
+        "src/pkg/mod",
+        "src/pkg/mod/m.py",
+    ]
+    assert mode(dest / "app/src/pkg") == 0o700
+    # The pivot itself: its contents, as a plain directory copy.
+    run_copy(dest, ctx, "src/./", to="/piv/", parents=True)
+    assert files_under(dest / "piv") == files_under(ctx / "src")
+
+
+def test_parents_with_chown_own_files_and_kept_dirs(ctx: Path, dest: Path) -> None:
+    write(ctx / "x/y/a.txt")
+    (dest / "dst/x").mkdir(parents=True)
+    os.chmod(dest / "dst/x", 0o711)
+    run_copy(dest, ctx, "x/y/a.txt", to="/dst/", parents=True, chown="app")
+    assert owner(dest / "dst/x/y") == (1000, 1001)
+    assert owner(dest / "dst/x/y/a.txt") == (1000, 1001)
+    # An existing parent is left as it is.
+    assert owner(dest / "dst/x") == (0, 0)
+    assert mode(dest / "dst/x") == 0o711
+
+
+def test_parents_from_a_stage_with_absolute_sources(tmp_path: Path, dest: Path) -> None:
+    stage = tmp_path / "stage"
+    write(stage / "app/dist/x.js", "x")
+    os.chown(stage / "app/dist/x.js", 7, 8)
+    write(stage / "etc/conf/a.conf", "c")
+    run_copy(
+        dest,
+        stage,
+        "/app/./dist/x.js",
+        "/etc/conf",
+        to="/srv/",
+        parents=True,
+        from_context=False,
+    )
+    assert files_under(dest / "srv") == [
+        "dist",
+        "dist/x.js",
+        "etc",
+        "etc/conf",
+        "etc/conf/a.conf",
+    ]
+    assert owner(dest / "srv/dist/x.js") == (7, 8)
+
+
+def test_parents_keep_a_symlinked_directory_by_its_name(ctx: Path, dest: Path) -> None:
+    write(ctx / "real/a.txt", "a")
+    os.chmod(ctx / "real", 0o751)
+    os.symlink("real", ctx / "link")
+    run_copy(dest, ctx, "link/a.txt", to="/dst/", parents=True)
+    assert files_under(dest / "dst") == ["link", "link/a.txt"]
+    # A directory, with the metadata of the one the symlink names.
+    assert not (dest / "dst/link").is_symlink()
+    assert mode(dest / "dst/link") == 0o751
+
+
+def test_parents_missing_source_fails(ctx: Path, dest: Path) -> None:
+    write(ctx / "x/a.txt")
+    with pytest.raises(FileOpError, match=r'COPY: "x/./b.txt" not found'):
+        run_copy(dest, ctx, "x/./b.txt", to="/dst/", parents=True)
+
+
+def test_parents_see_no_ignored_entries(ctx: Path, dest: Path) -> None:
+    write(ctx / "x/a/keep.txt")
+    write(ctx / "x/b/keep.txt")
+    run_copy(
+        dest, ctx, "x/*/keep.txt", to="/dst/", parents=True, ignore=FakeIgnore("x/b")
+    )
+    assert files_under(dest / "dst") == ["x", "x/a", "x/a/keep.txt"]
+
+
 # --- ADD of local archives ------------------------------------------------------------
 
 

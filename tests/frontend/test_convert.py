@@ -302,6 +302,27 @@ def test_dockerignore_patterns_go_to_context() -> None:
     assert plan.final.inputs[1].op == ContextSource(excludes=("*.md", "!README.md"))
 
 
+def test_copy_parents_keeps_sources_as_written() -> None:
+    plan = build(
+        "FROM busybox AS b\nRUN x\nFROM busybox\nENV D=x\n"
+        "COPY --parents ./$D/./y/*.txt ./z/a /dst/\n"
+        "COPY --parents=false a /n/\n"
+        "COPY --from=b --parents /app/./dist /srv/\n"
+    )
+    from_stage = plan.final.op.actions[0]
+    assert from_stage == CopyAction(("/app/./dist",), "/srv/", parents=True)
+    plain = plan.final.inputs[0].op.actions[0]
+    assert plain == CopyAction(("a",), "/n/")
+    context = plan.final.inputs[0].inputs[0].op.actions[0]
+    # The pivot /./ survives conversion: fileops reads it.
+    assert context == CopyAction(("./x/./y/*.txt", "./z/a"), "/dst/", parents=True)
+
+
+def test_copy_parents_changes_the_digest() -> None:
+    with_parents = build("FROM busybox\nCOPY --parents x/a /d/\n").final.digest
+    assert with_parents != build("FROM busybox\nCOPY x/a /d/\n").final.digest
+
+
 def test_copy_from_image() -> None:
     plan = build("FROM scratch\nCOPY --from=python:3.12 /usr/bin/python3 /\n")
     assert plan.final.inputs[1].op == ImageSource("python:3.12", PYTHON.digest)

@@ -175,7 +175,7 @@ def test_the_encoding_is_pinned() -> None:
     expected = (
         '{"content":"xxh3:1","inputs":["' + KEY + '"],'
         '"op":{"args":["true"],"cwd":"/","env":[],"kind":"exec","mounts":[],'
-        '"network":"host","security":"sandbox","user":""},"schema":2}'
+        '"network":"host","security":"sandbox","user":""},"schema":3}'
     )
     digest = "sha256:" + hashlib.sha256(expected.encode()).hexdigest()
     assert cache_key(vertex, [KEY], "xxh3:1") == digest
