@@ -20,12 +20,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.buildpy.registry_server import Registry, running_registry
+from tests.buildpy.registry_server import Registry
 from tests.buildpy.test_build import instructions
 from tests.conftest import REPO, Buildpy, unmount_all
 
@@ -37,42 +35,6 @@ APP_PORT = 8000
 def _port_free(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
-
-
-@pytest.fixture(scope="module")
-def registry() -> Iterator[Registry]:
-    with running_registry() as reg:
-        yield reg
-
-
-@pytest.fixture(scope="module")
-def python_base(
-    registry: Registry, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Buildpy]:
-    """A store holding debian:bookworm and python:3.11-slim, the latter pushed to
-    the registry as the Docker Hub mirror's library/python:3.11-slim."""
-    if not shutil.which("debootstrap"):
-        pytest.skip("debootstrap is installed by .ci/run")
-    store = Buildpy(tmp_path_factory.mktemp("base") / "state")
-    env = {**os.environ, "BUILDPY_ROOT": str(store.root), "BUILDKIT_PROGRESS": "plain"}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    try:
-        made = subprocess.run(
-            [str(REPO / "scripts/make-python-base.sh")],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        assert made.returncode == 0, made.stderr[-3000:]
-        store.run(
-            "tag", "python:3.11-slim", f"{registry.host}/library/python:3.11-slim"
-        )
-        store.run("push", f"{registry.host}/library/python:3.11-slim")
-        yield store
-    finally:
-        unmount_all(store.root)
-        shutil.rmtree(store.root, ignore_errors=True)
 
 
 def _mirror_env(registry: Registry) -> dict[str, str]:
