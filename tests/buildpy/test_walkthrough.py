@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 
@@ -114,17 +113,19 @@ def test_fastapi_app_built_pushed_pulled_and_run(
 
 
 def _get_json(url: str, server: subprocess.Popen[bytes]) -> dict[str, str]:
-    """Ask until the server answers: it needs a moment to start. Bounded."""
+    """``curl URL``, as the walkthrough's reader does, until the server answers:
+    uvicorn needs a moment to start. Bounded in time."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if server.poll() is not None:
             output = server.stdout.read().decode() if server.stdout else ""
             raise AssertionError(f"the app exited {server.returncode}: {output}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return json.load(response)
-        except OSError:
-            time.sleep(0.2)
+        answer = subprocess.run(
+            ["curl", "-sf", "--max-time", "2", url], capture_output=True, text=True
+        )
+        if answer.returncode == 0:
+            return json.loads(answer.stdout)
+        time.sleep(0.2)
     raise AssertionError(f"no answer from {url} within 60 s")
 
 
