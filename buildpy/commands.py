@@ -24,24 +24,12 @@ from buildpy.exporters import Output, _timestamp
 from buildpy.mounts import SecretSource, SSHSource
 from buildpy.progress import Display, error_block, make_display
 from frontend import DockerfileError
+from frontend.errors import source_frame
 from runtime import ExecutorUnavailable
 from snapshotter.compression import open_decompressed
 from snapshotter.diff import write_tree
 from snapshotter.errors import SnapshotError
 from solver.errors import CacheMiss, ExecutionError, VertexFailed
-
-
-def source_frame(text: str, first: int, last: int, context: int = 1) -> str:
-    """BuildKit's frame of Dockerfile lines: numbered, the failing ones ``>>>``."""
-    lines = text.splitlines()
-    start = max(first - context, 1)
-    end = min(last + context, len(lines))
-    out = ["--------------------"]
-    for number in range(start, end + 1):
-        marker = ">>>" if first <= number <= last else "   "
-        out.append(f" {number:>3} | {marker} {lines[number - 1]}")
-    out.append("--------------------")
-    return "\n".join(out)
 
 
 def run_trio(fn: Any, *args: Any) -> Any:

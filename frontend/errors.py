@@ -58,16 +58,22 @@ class DockerfileError(Exception):
         """
         if not self.line:
             return ""
-        lines = source_text.splitlines()
-        first = max(1, self.line - _FRAME_CONTEXT)
-        last = min(len(lines), self.end_line + _FRAME_CONTEXT)
-        out = [_RULE]
-        for number in range(first, last + 1):
-            marker = ">>>" if self.line <= number <= self.end_line else "   "
-            # " %3d | " is BuildKit's layout (solver/errdefs/source.go).
-            out.append(f" {number:>3} | {marker} {lines[number - 1]}")
-        out.append(_RULE)
-        return "\n".join(out)
+        return source_frame(source_text, self.line, self.end_line)
+
+
+def source_frame(source_text: str, first: int, last: int) -> str:
+    """BuildKit's frame of Dockerfile lines ``first``..``last`` (1-based), marked
+    ``>>>``, with a line of context each side; for parse errors and failed steps."""
+    lines = source_text.splitlines()
+    start = max(1, first - _FRAME_CONTEXT)
+    end = min(len(lines), last + _FRAME_CONTEXT)
+    out = [_RULE]
+    for number in range(start, end + 1):
+        marker = ">>>" if first <= number <= last else "   "
+        # " %3d | " is BuildKit's layout (solver/errdefs/source.go).
+        out.append(f" {number:>3} | {marker} {lines[number - 1]}")
+    out.append(_RULE)
+    return "\n".join(out)
 
 
 def suggest(word: str, choices: Iterable[str]) -> str | None:
