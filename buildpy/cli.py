@@ -168,6 +168,17 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PARSER: list[argparse.ArgumentParser] = []
+
+
+def parser() -> argparse.ArgumentParser:
+    """make_parser(), once per process: building it costs more than a no-op
+    build's lookups, and the daemon's children inherit the zygote's."""
+    if not _PARSER:
+        _PARSER.append(make_parser())
+    return _PARSER[0]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from buildpy import client  # the thin client: standard library only
 
@@ -176,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = client.run_cli(target[0], target[1], explicit=target[2])
         if code is not None:
             return code
-    args = make_parser().parse_args(argv)
+    args = parser().parse_args(argv)
     try:
         return _dispatch(args)
     except KeyboardInterrupt:

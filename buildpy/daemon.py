@@ -61,7 +61,7 @@ import trio
 
 from buildpy import client
 from buildpy.errors import BuildpyError, InfraError, UsageError
-from buildpy.state import default_root
+from buildpy.state import State, default_root
 
 GRACE = 10.0  # seconds between SIGINT and SIGKILL of a canceled command
 MAX_BODY = 1 << 20
@@ -214,6 +214,10 @@ class Daemon:
         await self._start_zygote()
         sock = listener or _activated_socket() or _bind(client.socket_path(self.addr))
         path = client.socket_path(self.addr) if listener is None else None
+        # Held for the daemon's life, unused, so that a command's connection to the
+        # store's database is never the last one: SQLite checkpoints the WAL when
+        # the last connection closes, which every no-op build would pay for.
+        keep = State.open(self.root)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -228,6 +232,7 @@ class Daemon:
                 except OSError:
                     pass
             await self._stop_zygote()
+            keep.close()
 
     async def _watch_signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

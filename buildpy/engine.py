@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import platform
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -150,6 +150,11 @@ class Engine:
             digest, size = w.commit()
         self.images.record_layer(name, digest, size)
         return digest, size
+
+    def snapshots_exist(self, names: Collection[str]) -> set[str]:
+        """snapshot_exists of many names at once (a rebuild's lookups)."""
+        special = {n for n in names if n in ("", "context")}
+        return special | self.snapshots.complete([n for n in names if n not in special])
 
     def snapshot_exists(self, name: str) -> bool:
         if name in ("", "context"):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -143,6 +143,9 @@ class BuildWorker:
 
     async def exists(self, result: str) -> bool:
         return await self._thread(self.engine.snapshot_exists, result)
+
+    async def exists_many(self, results: Collection[str]) -> set[str]:
+        return await self._thread(self.engine.snapshots_exist, results)
 
     async def execute(self, vertex: Vertex, inputs: Sequence[str], log: LogSink) -> str:
         op = vertex.op

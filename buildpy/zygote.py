@@ -72,7 +72,7 @@ def warm_up() -> None:
 
     # A child never forwards to a daemon, whatever argv or environment it gets.
     buildpy.client.EMBEDDED_ONLY = True
-    cli.make_parser()  # imports the modules the parser is built from
+    cli.parser()  # built once, for every child; imports the modules it needs
     for name in WARM_MODULES:
         try:
             importlib.import_module(name)

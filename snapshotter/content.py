@@ -3,7 +3,8 @@
 A blob lives at ``root/blobs/sha256/<hex>`` once it is complete, and only then.
 A writer streams into a temp file in ``root/blobs/tmp/``, hashing as it goes;
 ``commit`` fsyncs the file, checks the digest, renames it into place and fsyncs
-the directory, so a reader that finds a blob's path finds all of it. Two
+the directory, so a reader that finds a blob's path finds all of it (a blob that
+is already there is kept, and the temp file dropped unsynced). Two
 writers of the same content race harmlessly: the rename of identical bytes over
 identical bytes changes nothing a reader can see.
 """
@@ -82,15 +83,23 @@ class BlobWriter:
         if expected is not None:
             parse_digest(expected)
         file, self._file = self._file, None
+        digest = "sha256:" + self._hash.hexdigest()
+        if expected is not None and digest != expected:
+            file.close()
+            self._tmp.unlink(missing_ok=True)
+            raise DigestMismatch(expected, digest, "blob")
+        if self._store.has(digest):
+            # Already stored, and durable since its own commit: a rebuild writes
+            # the same config and manifest again, and need not pay the fsyncs.
+            file.close()
+            self._tmp.unlink(missing_ok=True)
+            self.descriptor = Descriptor(digest, self._size)
+            return self.descriptor
         try:
             file.flush()
             os.fsync(file.fileno())
         finally:
             file.close()
-        digest = "sha256:" + self._hash.hexdigest()
-        if expected is not None and digest != expected:
-            self._tmp.unlink(missing_ok=True)
-            raise DigestMismatch(expected, digest, "blob")
         os.rename(self._tmp, self._store.path(digest))
         _fsync_dir(self._store.blobs_dir)
         self.descriptor = Descriptor(digest, self._size)

@@ -59,7 +59,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -72,6 +72,9 @@ from snapshotter.errors import (
     SnapshotStateError,
     UsageError,
 )
+
+# Names per SELECT ... IN (...): below SQLite's default limit of bound variables.
+_BATCH = 500
 
 log = logging.getLogger(__name__)
 
@@ -219,6 +222,38 @@ class Snapshotter:
                 "SELECT 1 FROM snapshots WHERE name = ?", (name,)
             ).fetchone()
         return row is not None
+
+    def complete(self, names: Collection[str]) -> set[str]:
+        """Those of ``names`` that are recorded with every ancestor: what a
+        rebuild's lookups ask of many results, in a few queries in all."""
+        parents: dict[str, str | None] = {}
+        looked: set[str] = set()
+        wanted = set(names)
+        while wanted:
+            batch = list(wanted)[:_BATCH]
+            looked.update(batch)
+            marks = ",".join("?" * len(batch))
+            with self._lock:
+                rows = self._db.execute(
+                    f"SELECT name, parent FROM snapshots WHERE name IN ({marks})",
+                    batch,
+                ).fetchall()
+            parents.update(rows)
+            wanted.difference_update(batch)
+            wanted.update(p for _, p in rows if p is not None and p not in looked)
+        whole: dict[str, bool] = {}
+        for name in names:
+            path: list[str] = []
+            node: str | None = name
+            while node is not None and node not in whole and node in parents:
+                path.append(node)
+                node = parents[node]
+            # The walk stopped at the base (None), at a known answer, or at a
+            # name with no record: a broken chain.
+            verdict = node is None or whole.get(node, False)
+            whole.update(dict.fromkeys(path, verdict))
+            whole.setdefault(name, verdict)
+        return {n for n in names if whole[n]}
 
     def info(self, name: str) -> SnapshotInfo:
         _, parent, kind, created = self._row(name)

@@ -49,6 +49,9 @@ CREATE INDEX IF NOT EXISTS cache_records_op_digest ON cache_records(op_digest);
 CREATE INDEX IF NOT EXISTS cache_records_input_keys ON cache_records(input_keys);
 """
 
+# Keys per SELECT ... IN (...): below SQLite's default limit of bound variables.
+_BATCH = 500
+
 # Columns added after the first release of the table, added in place to an older
 # database by init_schema (they only serve explanations: NULL is fine).
 _ADDED_COLUMNS = ("op", "name", "detail")
@@ -143,6 +146,39 @@ class CacheStore:
                 params,
             ),
         )
+
+    def get_many(self, keys: Collection[str]) -> dict[str, str]:
+        """The results recorded for those of ``keys`` that have a record."""
+        found: dict[str, str] = {}
+        keys = list(keys)
+        for start in range(0, len(keys), _BATCH):
+            batch = keys[start : start + _BATCH]
+            marks = ",".join("?" * len(batch))
+            rows = self._guarded(
+                f"read {len(batch)} records",
+                lambda batch=batch, marks=marks: self._conn.execute(
+                    f"SELECT key, result FROM cache_records WHERE key IN ({marks})",
+                    batch,
+                ).fetchall(),
+            )
+            found.update((str(k), str(r)) for k, r in rows)
+        return found
+
+    def touch_many(self, keys: Collection[str]) -> None:
+        """Mark the records of ``keys`` used now: a statement per batch of keys,
+        each its own transaction (the connection is in autocommit mode)."""
+        now = self._clock()
+        keys = list(keys)
+        for start in range(0, len(keys), _BATCH):
+            batch = keys[start : start + _BATCH]
+            marks = ",".join("?" * len(batch))
+            self._guarded(
+                f"touch {len(batch)} records",
+                lambda batch=batch, marks=marks: self._conn.execute(
+                    f"UPDATE cache_records SET last_used = ? WHERE key IN ({marks})",
+                    [now, *batch],
+                ),
+            )
 
     def touch(self, key: str) -> None:
         """Mark the record of ``key`` used now (pruning keeps recent records)."""

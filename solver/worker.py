@@ -11,7 +11,7 @@ that reads it, or to ``exists`` when a later build finds the record.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Protocol
 
 from solver.graph import Vertex
@@ -34,6 +34,11 @@ class Worker(Protocol):
 
     async def exists(self, result: str) -> bool:
         """Whether a result recorded by an earlier build is still usable."""
+        ...
+
+    async def exists_many(self, results: Collection[str]) -> set[str]:
+        """Which of ``results`` are still usable: ``exists`` for many records at
+        once, as a rebuild looks up all of its steps."""
         ...
 
     async def execute(self, vertex: Vertex, inputs: Sequence[str], log: LogSink) -> str:

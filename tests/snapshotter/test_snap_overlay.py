@@ -175,6 +175,22 @@ def test_create_committed_once(snap: Snapshotter, mounts: Mounts) -> None:
         assert (root / "f").read_text() == "1"
 
 
+def test_complete_names_whole_chains_only(
+    snap: Snapshotter, db: sqlite3.Connection
+) -> None:
+    """complete() is exists() of a snapshot and all its ancestors, for many."""
+    parent = None
+    for name in ("a", "b", "c"):
+        snap.create_committed(name, parent, lambda fs: None)
+        parent = name
+    snap.create_committed("x", None, lambda fs: None)
+    snap.create_committed("y", "x", lambda fs: None)
+    assert snap.complete(["c", "b", "y", "nothing"]) == {"c", "b", "y"}
+    db.execute("DELETE FROM snapshots WHERE name = 'x'")  # a broken chain
+    assert snap.complete(["y", "c", "x"]) == {"c"}
+    assert snap.complete([]) == set()
+
+
 def test_long_chain_mounts(
     snap: Snapshotter, tmp_path: Path, db: sqlite3.Connection, mounts: Mounts
 ) -> None:

@@ -8,7 +8,7 @@ the fake worker does not cache.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -68,6 +68,10 @@ class FakeWorker:
     async def exists(self, result: str) -> bool:
         await trio.lowlevel.checkpoint()
         return result in self.results
+
+    async def exists_many(self, results: Collection[str]) -> set[str]:
+        await trio.lowlevel.checkpoint()
+        return {r for r in results if r in self.results}
 
     async def execute(self, vertex: Vertex, inputs: Sequence[str], log: LogSink) -> str:
         name = name_of(vertex)
