@@ -206,15 +206,21 @@ def apply_build_flags(args: argparse.Namespace, req: Any) -> None:
 
 def run_build_locked(engine: Any, args: argparse.Namespace, build: Any) -> Any:
     """Run ``build()`` holding the builds lock (eviction waits for it), then
-    write --metadata-file and --graph, then enforce --max-storage."""
+    write --metadata-file and --graph, then enforce --max-storage (or the
+    store's ``max-storage`` setting, buildpy.config)."""
     from buildpy.prune import building, enforce_max_storage
     from buildpy.report import after_build
 
+    cap = args.max_storage
+    if cap is None:  # a broken settings file stops the build before it starts
+        from buildpy import config
+
+        cap = config.max_storage(engine.root)
     with building(engine):
         result = build()
     after_build(engine, args, result)
-    if args.max_storage is not None and result.image is not None:
-        enforce_max_storage(engine, args.max_storage)
+    if cap is not None and result.image is not None:
+        enforce_max_storage(engine, cap)
     return result
 
 

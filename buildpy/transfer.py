@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from buildpy import config as settings
 from buildpy.engine import Engine, host_platform
 from buildpy.errors import UsageError
 from buildpy.images import LAYER_MEDIA, MEDIA_CONFIG, MEDIA_MANIFEST
@@ -74,14 +75,7 @@ class RegistrySettings:
 
     @classmethod
     def load(cls, root: Path, insecure: list[str] | None = None) -> RegistrySettings:
-        config: dict[str, Any] = {}
-        path = root / "config.json"
-        try:
-            config = json.loads(path.read_text())
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot read {path}: {exc}") from None
+        config = settings.load(root)
         env = os.environ.get("BUILDPY_REGISTRY_MIRRORS", "")
         mirrors = [m for m in env.split(",") if m.strip()] or list(
             config.get("registry-mirrors", [])

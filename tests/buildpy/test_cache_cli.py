@@ -173,6 +173,62 @@ def test_max_storage_evicts_after_the_build(busybox: Buildpy, tmp_path: Path) ->
     assert "Cache records:\t3" in busybox.run("du").stdout
 
 
+def test_max_storage_from_the_store_settings(busybox: Buildpy, tmp_path: Path) -> None:
+    context = ctx(tmp_path)
+    settings = busybox.root / "config.json"
+    settings.write_text(json.dumps({"max-storage": "1"}))
+    busybox.build(context, "-t", "app:1")
+    assert "Cache records:\t0" in busybox.run("du").stdout
+    busybox.run("inspect", "app:1")
+    # The flag wins over the setting.
+    busybox.build(context, "--max-storage", "10GB")
+    assert "Cache records:\t3" in busybox.run("du").stdout
+    settings.write_text(json.dumps({"max-storage": "lots"}))
+    bad = busybox.build(context, check=False)
+    assert bad.returncode == 2
+    assert (
+        bad.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"ERROR: {settings}: max-storage: invalid size 'lots'")
+    )
+    assert "Cache records:\t3" in busybox.run("du").stdout
+
+
+def test_content_changed_behind_kept_size_and_mtime_is_never_stale(
+    busybox: Buildpy, tmp_path: Path
+) -> None:
+    """`touch -d` puts an mtime back; a cache that trusts size and mtime (as
+    BuildKit's does) then serves the old file. ctime gives it away."""
+    context = write_context(
+        tmp_path / "ctx",
+        {"Dockerfile": "FROM busybox\nCOPY a.txt /a.txt\nRUN cat /a.txt > /seen\n"},
+    )
+    a = context / "a.txt"
+    a.write_text("old!\n")
+    subprocess.run(["touch", "-d", "2020-01-02 03:04:05", str(a)], check=True)
+    before = a.stat()
+    busybox.build(context, "-o", f"type=local,dest={tmp_path / 'one'}")
+    assert (tmp_path / "one" / "seen").read_text() == "old!\n"
+    again = busybox.build(context).stderr
+    assert miss_lines(again) == []  # the remembered checksum was trusted
+    with open(a, "r+") as f:  # in place: same inode, same size
+        f.write("new!\n")
+    subprocess.run(["touch", "-d", "2020-01-02 03:04:05", str(a)], check=True)
+    after = a.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (
+        before.st_size,
+        before.st_mtime_ns,
+        before.st_ino,
+    )
+    rebuilt = busybox.build(context, "-o", f"type=local,dest={tmp_path / 'two'}")
+    assert (tmp_path / "two" / "seen").read_text() == "new!\n"
+    old = xxhash.xxh3_128(b"old!\n").hexdigest()[:8]
+    new = xxhash.xxh3_128(b"new!\n").hexdigest()[:8]
+    assert (
+        miss_lines(rebuilt.stderr)[0] == f"file a.txt changed (xxh3 {old}.. -> {new}..)"
+    )
+
+
 class _Gate(BaseHTTPRequestHandler):
     """Answers once the test lets it: holds a RUN step's wget open."""
 
