@@ -8,7 +8,9 @@ import hashlib
 import platform
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from buildpy.context import ContextHasher
 from buildpy.errors import ImageNotFound, InfraError
@@ -21,6 +23,9 @@ from snapshotter.diff import apply_layer, layer_is_empty, write_layer
 from snapshotter.errors import SnapshotError
 from snapshotter.overlay import Snapshotter
 from solver.cachestore import CacheStore
+
+if TYPE_CHECKING:
+    from buildpy.httpsource import HttpSources
 
 # Snapshot names: base image layers are named by chain ID (OCI image spec,
 # "ChainID"), so two images that share their first layers share their snapshots.
@@ -62,6 +67,17 @@ class Engine:
             self.images.init_schema()
             self.cache.init_schema()
             self.hasher.init_schema()
+
+    @cached_property
+    def http(self) -> HttpSources:
+        """The fetcher of ``ADD <url>``, made when a build has one: it imports
+        httpx, which a build without one need not pay for."""
+        from buildpy.httpsource import HttpSources
+
+        sources = HttpSources(self.state.db, self.content, self.snapshots)
+        with self.state.lock:
+            sources.init_schema()
+        return sources
 
     @classmethod
     @contextmanager

@@ -22,6 +22,7 @@ from pathlib import Path
 import trio
 
 from buildpy.engine import Engine
+from buildpy.errors import BuildpyError
 from buildpy.fileops import FileOpError, Ignore, copy, mkdir, mkfile
 from buildpy.mounts import SecretSource, SSHSource, StepMounts, context_bind_actions
 from runtime import Executor, ProcessSpec, UserNotFound, make_bundle
@@ -32,6 +33,7 @@ from solver.graph import (
     CopyAction,
     ExecOp,
     FileOp,
+    HttpSource,
     ImageSource,
     MkdirAction,
     MkfileAction,
@@ -107,6 +109,13 @@ class BuildWorker:
 
     async def content_checksum(self, vertex: Vertex) -> str | None:
         op = vertex.op
+        if isinstance(op, HttpSource) and op.checksum is None:
+            # No digest pinned: the key needs the content, so fetch it now.
+            try:
+                fetched = await self._thread(self.engine.http.fetch, op.url)
+            except BuildpyError as exc:  # httpsource.FetchError
+                raise ExecutionError(str(exc)) from exc
+            return fetched.checksum()
         if isinstance(op, ExecOp):
             actions = context_bind_actions(vertex)  # RUN --mount=type=bind
         elif isinstance(op, FileOp):
@@ -156,6 +165,13 @@ class BuildWorker:
                 return SCRATCH_RESULT
             if isinstance(op, ImageSource):
                 return await self._thread(self.engine.image_snapshot, op.digest)
+            if isinstance(op, HttpSource):
+                try:
+                    return await self._thread(
+                        self.engine.http.snapshot, op.url, op.filename, op.checksum
+                    )
+                except BuildpyError as exc:  # httpsource.FetchError
+                    raise ExecutionError(str(exc)) from exc
             if isinstance(op, FileOp):
                 return await self._file(vertex, op, inputs)
             if isinstance(op, ExecOp):

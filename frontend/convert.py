@@ -31,6 +31,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from frontend.errors import DockerfileError, suggest
 from frontend.flags import (
@@ -60,6 +61,7 @@ from solver.graph import (
     ExecMount,
     ExecOp,
     FileOp,
+    HttpSource,
     ImageSource,
     MkdirAction,
     MkfileAction,
@@ -787,6 +789,7 @@ class _Converter:
         env = stage.env_map()
         heredocs = {d.name: d for d in node.heredocs}
         sources: list[str] = []
+        urls: list[str] = []
         files: list[tuple[str, str]] = []
         for word in words[:-1]:
             doc = heredocs.get(_heredoc_name(word) or "")
@@ -797,16 +800,26 @@ class _Converter:
                 files.append((doc.name, data))
                 continue
             source = self.expand(word, env, fail)
-            if re.match(r"^(https?|git)://|^git@", source):
-                fail(f"{keyword} of a URL or git repository is not supported yet")
+            if re.match(r"^git://|^git@|^https?://.*\.git(#.*)?$", source):
+                fail(f"{keyword} of a git repository is not supported yet")
+            if re.match(r"^https?://", source):
+                if not is_add:
+                    fail("source can't be a URL for COPY")
+                urls.append(source)
+                continue
             sources.append(source)
+        checksum = None
         if "checksum" in flags:
             try:
-                check_checksum(self.expand(flags["checksum"], env, fail))
+                checksum = check_checksum(self.expand(flags["checksum"], env, fail))
             except FlagError as exc:
                 fail(exc.message)
-            # URL and git sources failed above ("not supported yet").
-            fail("ADD --checksum can only be used with URL and git sources")
+            if not urls:
+                fail("ADD --checksum can only be used with URL and git sources")
+            if sources or len(urls) > 1:
+                fail("ADD --checksum can only be used with a single URL source")
+            if not checksum.startswith("sha256:"):
+                fail(f"ADD --checksum of a URL must be sha256:<hex>, not {checksum!r}")
         # --link gives the same files (only the cache differs in BuildKit) and
         # --keep-git-dir matters for git sources only: both are accepted.
         raw_dest = self.expand(words[-1], env, fail)
@@ -827,6 +840,33 @@ class _Converter:
             mode = int(chmod, 8) if chmod else 0o644
             actions.append(MkfileAction(path, data, mode=mode, owner=chown))
         inputs = [stage.root]
+        for url in urls:
+            # ADD <url>: the file, named after the URL's path, from a vertex of
+            # its own (the worker fetches it: buildpy/httpsource.py).
+            name = posixpath.basename(unquote(urlsplit(url).path))
+            if not name and dest.endswith("/"):
+                fail(
+                    f"cannot determine a file name from the URL {url}: give the "
+                    "destination as a file path"
+                )
+            name = name or "download"
+            inputs.append(
+                Vertex(
+                    HttpSource(url, name, checksum),
+                    meta=VertexMeta(name=f"[internal] fetch {url}", ignore_cache=False),
+                )
+            )
+            actions.append(
+                CopyAction(
+                    ("/" + name,),
+                    dest,
+                    source=len(inputs) - 1,
+                    chown=chown,
+                    chmod=chmod,
+                    # A remote archive is extracted only when asked (--unpack).
+                    unpack=bool(flags.get("unpack", False)),
+                )
+            )
         if sources:
             source_vertex = self.copy_source(node, flags)
             inputs.append(source_vertex or self.context())
@@ -834,7 +874,7 @@ class _Converter:
                 CopyAction(
                     tuple(sources),
                     dest,
-                    source=1,
+                    source=len(inputs) - 1,
                     chown=chown,
                     chmod=chmod,
                     unpack=is_add and flags.get("unpack", True),

@@ -20,7 +20,7 @@ display name, the stage, the Dockerfile lines) never enters a digest: renaming a
 stage or moving an instruction to another line must not invalidate anything.
 
 Inputs by op:
-- ImageSource, ScratchSource, ContextSource: no inputs.
+- ImageSource, ScratchSource, ContextSource, HttpSource: no inputs.
 - ExecOp: inputs[0] is the root filesystem the process runs on; a mount's
   ``input`` names a further input (another stage, an image, the context).
 - FileOp: inputs[0] is the filesystem the actions change; a CopyAction reads
@@ -108,6 +108,18 @@ class ContextSource(Op):
     kind: ClassVar[str] = "context"
     name: str = "context"
     excludes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HttpSource(Op):
+    """A remote file of ``ADD <url>``: its result holds ``/filename`` alone.
+    ``checksum`` (ADD --checksum) pins the content, so that the op's encoding
+    covers it; without it the worker reports the content as a checksum."""
+
+    kind: ClassVar[str] = "http"
+    url: str
+    filename: str
+    checksum: str | None = None
 
 
 # --- actions of a FileOp -------------------------------------------------------

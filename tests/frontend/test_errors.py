@@ -121,9 +121,27 @@ ERRORS = [
         "destination must be a directory and end with a /",
     ),
     (
-        "FROM busybox\nADD https://example.com/x /x\n",
+        "FROM busybox\nADD git@github.com:moby/buildkit.git /src\n",
         {},
-        "Dockerfile:2:1: ADD of a URL or git repository is not supported yet",
+        "Dockerfile:2:1: ADD of a git repository is not supported yet",
+    ),
+    (
+        "FROM busybox\nCOPY https://example.com/x /x\n",
+        {},
+        "Dockerfile:2:1: source can't be a URL for COPY",
+    ),
+    (
+        "FROM busybox\nADD https://example.com/ /dir/\n",
+        {},
+        "Dockerfile:2:1: cannot determine a file name from the URL "
+        "https://example.com/: give the destination as a file path",
+    ),
+    (
+        "FROM busybox\nADD --checksum=sha256:"
+        + "0" * 64
+        + " https://example.com/a https://example.com/b /dir/\n",
+        {},
+        "Dockerfile:2:1: ADD --checksum can only be used with a single URL source",
     ),
     (
         "FROM busybox\nCOPY --chmod=rwx a /\n",
