@@ -58,8 +58,10 @@ def make_parser() -> argparse.ArgumentParser:
     common.add_argument(  # the daemon (issue 8): buildpy/client.py reads it first
         "--addr",
         default=argparse.SUPPRESS,
-        help="the daemon's socket, unix:///PATH (default: $BUILDPY_HOST)",
+        help="the daemon, unix:///PATH or tcp://HOST:PORT (default: $BUILDPY_HOST)",
     )
+    for flag in ("--tlscacert", "--tlscert", "--tlskey"):  # tcp:// (buildpy/tlsaddr.py)
+        common.add_argument(flag, default=argparse.SUPPRESS, help="a PEM file")
     parser = _Parser(
         prog="buildpy",
         description="Build container images from Dockerfiles, as docker buildx does.",
@@ -227,7 +229,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from buildpy.daemon import serve
 
-        return serve(getattr(args, "addr", None), root)
+        tls = {f"--{f}": getattr(args, f, None) for f in ("tlscacert", "tlscert")}
+        tls["--tlskey"] = getattr(args, "tlskey", None)
+        return serve(getattr(args, "addr", None), root, tls)
     if args.command == "images":
         from buildpy.commands import images
 

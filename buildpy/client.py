@@ -57,10 +57,7 @@ def socket_path(addr: str) -> str:
     elif addr.startswith("/"):
         path = addr
     elif addr.startswith(("tcp://", "https://")):
-        raise AddressError(
-            f"daemon address {addr!r}: TCP with TLS is not supported yet; "
-            "expected unix:///PATH"
-        )
+        raise AddressError(f"daemon address {addr!r}: not a Unix socket")
     else:
         raise AddressError(f"daemon address {addr!r}: expected unix:///PATH")
     if not path.startswith("/"):
@@ -259,6 +256,10 @@ def run_cli(addr: str, argv: Sequence[str], *, explicit: bool = True) -> int | N
     """Run ``buildpy ARGV`` in the daemon at ``addr``; its exit code. None when the
     default socket (``explicit`` False) refuses connections: a stale socket of a
     daemon that is gone, and the caller runs the command in-process instead."""
+    if addr.startswith("tcp://"):  # with TLS: buildpy/remoteclient.py
+        from buildpy import remoteclient
+
+        return remoteclient.run_cli(addr, argv)
     try:
         path = socket_path(addr)
     except AddressError as exc:

@@ -51,7 +51,7 @@ from buildpy.fileops import Ignore, Selected, parse_chmod, select_sources
 from solver.graph import CopyAction
 
 # Bump when the encoding of an entry changes: old cache keys must not match.
-CHECKSUM_VERSION = b"buildpy-context-checksum-v2"
+CHECKSUM_VERSION = b"buildpy-context-checksum-v3"
 _CHUNK = 1 << 20
 _CLOCK_REALTIME_COARSE = 5  # <linux/time.h>; Python 3.11 does not name it
 
@@ -166,8 +166,11 @@ class ContextHasher:
             if stat.S_ISREG(st.st_mode):
                 content = self._content(e, records, fresh, started).encode()
                 if st.st_nlink > 1:
+                    # Only a link to an earlier entry of this copy shows in the
+                    # result; links to files it does not read change nothing.
                     first = first_link.setdefault((st.st_dev, st.st_ino), n)
-                    link = str(first).encode()
+                    if first != n:
+                        link = str(first).encode()
             elif e.link is not None:
                 link = os.fsencode(e.link)
             mode = b"%o" % _written_mode(st.st_mode, chmod)

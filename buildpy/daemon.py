@@ -207,17 +207,27 @@ class Daemon:
         self._zygote_sock: trio.socket.SocketType | None = None
         self._zygote_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
+        self.tls: Any = None  # tlsaddr.TLSFiles: serve tcp:// (buildpy/remotectx.py)
 
     # --- life cycle ------------------------------------------------------------
 
     async def run(self, listener: socket.socket | None = None) -> None:
         await self._start_zygote()
-        sock = listener or _activated_socket() or _bind(client.socket_path(self.addr))
-        path = client.socket_path(self.addr) if listener is None else None
         # Held for the daemon's life, unused, so that a command's connection to the
         # store's database is never the last one: SQLite checkpoints the WAL when
         # the last connection closes, which every no-op build would pay for.
         keep = State.open(self.root)
+        if listener is None and self.tls is not None:
+            from buildpy.remotectx import serve_tcp
+
+            try:
+                await serve_tcp(self, self.tls)
+            finally:
+                await self._stop_zygote()
+                keep.close()
+            return
+        sock = listener or _activated_socket() or _bind(client.socket_path(self.addr))
+        path = client.socket_path(self.addr) if listener is None else None
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -769,17 +779,29 @@ async def _read_request(
 # --- the command ---------------------------------------------------------------
 
 
-def serve(addr: str | None, root: Path | None) -> int:
-    """``buildpy serve``: run the daemon until SIGTERM or Ctrl-C."""
+def serve(
+    addr: str | None, root: Path | None, tls: dict[str, str | None] | None = None
+) -> int:
+    """``buildpy serve``: run the daemon until SIGTERM or Ctrl-C. ``tls``: the
+    --tlscacert/--tlscert/--tlskey values, required for a tcp:// address."""
+    from buildpy import tlsaddr
+
     addr = addr or client.DEFAULT_ADDR
+    files = None
     try:
-        client.socket_path(addr)
-    except client.AddressError as exc:
+        if tlsaddr.is_tcp(addr):
+            tlsaddr.parse_tcp(addr)
+            files = tlsaddr.files_from(tls or {}, side="daemon")
+            tlsaddr.server_context(files)  # a file that does not load: say so now
+        else:
+            client.socket_path(addr)
+    except (client.AddressError, tlsaddr.TLSConfigError) as exc:
         raise UsageError(str(exc)) from None
     root = Path(root) if root is not None else default_root()
     root.mkdir(parents=True, exist_ok=True)
     os.environ["BUILDPY_ROOT"] = str(root)
     daemon = Daemon(root, addr)
+    daemon.tls = files
     try:
         trio.run(daemon.run)
     except BaseExceptionGroup as group:

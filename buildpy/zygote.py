@@ -172,7 +172,20 @@ def images_json(argv: list[str]) -> int:
     return 0
 
 
+def remote_call(name: str) -> Any:
+    """A call of buildpy/remotectx.py (the context over TCP), imported when used."""
+
+    def call(argv: list[str]) -> int:
+        from buildpy import remotectx
+
+        return int(getattr(remotectx, name.replace("-", "_"))(argv))
+
+    return call
+
+
 CALLS: dict[str, Any] = {"images": images_json}
+CALLS.update({n: remote_call(n) for n in ("context-plan", "context-needs")})
+CALLS["remote-build"] = remote_call("remote-build")
 
 
 def _set_name(name: bytes) -> None:

@@ -187,6 +187,22 @@ def test_files_the_copy_does_not_read_do_not_matter(
     assert h.checksum(ctx, action, ignore) != base
 
 
+def test_only_hard_links_between_copied_files_matter(
+    db: sqlite3.Connection, ctx: Path, tmp_path: Path
+) -> None:
+    """A link to a file the copy does not read leaves the result as it is (the
+    daemon's materialised contexts link every file from its store); two copied
+    names of one file become a hard link in the result, so they count."""
+    a = write(ctx / "a.txt", "same")
+    write(ctx / "b.txt", "same")
+    alone = hasher(db).checksum(ctx, COPY_ALL, None)
+    os.link(a, tmp_path / "elsewhere")
+    assert hasher(db).checksum(ctx, COPY_ALL, None) == alone
+    (ctx / "b.txt").unlink()
+    os.link(a, ctx / "b.txt")
+    assert hasher(db).checksum(ctx, COPY_ALL, None) != alone
+
+
 def test_parents_cover_the_kept_path(db: sqlite3.Connection, ctx: Path) -> None:
     """COPY --parents writes a file under its source directories, so moving it
     to another directory changes the key; a plain copy writes the same result

@@ -44,6 +44,21 @@ def daemon_processes() -> list[str]:
     return found
 
 
+def processes_of(root: Path) -> list[str]:
+    """daemon_processes() of the daemon over ``root`` alone: other daemons (of
+    other tests, or a user's) may run on this machine at the same time."""
+    mine = []
+    for entry in daemon_processes():
+        pid = entry.split()[0]
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"BUILDPY_ROOT={root}".encode() in environ:
+            mine.append(entry)
+    return mine
+
+
 @dataclass
 class Daemon:
     proc: subprocess.Popen[str]
@@ -95,7 +110,7 @@ def daemon(busybox: Buildpy, tmp_path: Path) -> Iterator[Daemon]:
             except subprocess.TimeoutExpired:
                 d.proc.kill()
                 d.proc.wait()
-    assert daemon_processes() == [], "".join(d.log)
+    assert processes_of(busybox.root) == [], "".join(d.log)
 
 
 def via(buildpy: Buildpy, daemon: Daemon, *args: str | os.PathLike[str], **kw):
@@ -277,7 +292,7 @@ def test_daemon_stopped_mid_build(busybox: Buildpy, tmp_path):
     assert seen[-1].strip() == STOPPED, "".join(seen)
     assert processes_running(marker) == []
     assert mounts_under(busybox.root) == []
-    assert daemon_processes() == []
+    assert processes_of(busybox.root) == []
     assert not (tmp_path / "buildpy.sock").exists()
     # A new daemon on the same store builds, the interrupted step included.
     d = start_daemon(busybox.root, tmp_path / "buildpy.sock")
@@ -303,7 +318,7 @@ def test_daemon_killed_client_says_so(busybox: Buildpy, tmp_path):
         code = proc.wait(timeout=60)
     finally:
         # The orphaned command builds on: interrupt it as a daemon would have.
-        for entry in daemon_processes():
+        for entry in processes_of(busybox.root):
             pid, comm = entry.split()
             os.kill(
                 int(pid), signal.SIGINT if comm == "buildpy-child" else signal.SIGKILL
@@ -313,7 +328,7 @@ def test_daemon_killed_client_says_so(busybox: Buildpy, tmp_path):
                 p.kill()
                 p.wait()
         deadline = time.monotonic() + 30
-        while daemon_processes() and time.monotonic() < deadline:
+        while processes_of(busybox.root) and time.monotonic() < deadline:
             time.sleep(0.05)  # waiting for the orphan's clean-up, not ordering
     assert code == 4
     assert seen[-1].strip() == (
