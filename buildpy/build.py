@@ -10,6 +10,8 @@ from pathlib import Path
 
 import trio
 
+from buildpy import cacheio
+from buildpy.cacheio import CacheSpec
 from buildpy.engine import Engine, host_platform
 from buildpy.errors import UsageError
 from buildpy.exporters import (
@@ -46,6 +48,8 @@ class BuildRequest:
     dry_run: bool = False  # solve's dry_run: list hits and misses, run nothing
     secrets: dict[str, SecretSource] = field(default_factory=dict)  # --secret
     ssh: dict[str, SSHSource] = field(default_factory=dict)  # --ssh
+    cache_from: list[CacheSpec] = field(default_factory=list)  # --cache-from
+    cache_to: list[CacheSpec] = field(default_factory=list)  # --cache-to
 
 
 @dataclass
@@ -121,9 +125,10 @@ async def run_build(engine: Engine, req: BuildRequest, display: Display) -> Buil
         secrets=req.secrets,
         ssh=req.ssh,
     )
+    cache = await cacheio.import_caches(engine, req.cache_from, plan, display)
     solver = Solver(
         worker,
-        engine.cache,
+        cache,
         reporter=display,
         jobs=req.jobs,
         fail_on_cache_miss=req.fail_on_cache_miss,
@@ -135,7 +140,8 @@ async def run_build(engine: Engine, req: BuildRequest, display: Display) -> Buil
         planned = await solver.dry_run(plan.final)
         return BuildResult(image=None, solve=planned, names=[], warnings=plan.warnings)
     solved = await solver.solve(plan.final)
-    final = solved.result(plan.final)
+    # A hit from an imported cache is fetched only now that its result is read.
+    final = await trio.to_thread.run_sync(engine.materialize, solved.result(plan.final))
 
     outputs = req.outputs or [Output(type="image")]
     names: list[str] = []
@@ -143,11 +149,15 @@ async def run_build(engine: Engine, req: BuildRequest, display: Display) -> Buil
         image = await trio.to_thread.run_sync(
             lambda: assemble_image(engine, plan, final, source_date_epoch=epoch)
         )
+        image = await trio.to_thread.run_sync(
+            cacheio.add_inline, engine, req.cache_to, solved, plan, image, epoch
+        )
         display.note("exporting to image", f"writing image {image.config_digest} done")
         for out in outputs:
             await trio.to_thread.run_sync(
                 lambda out=out: _export(engine, image, final, out, req, epoch, names)
             )
+    await cacheio.export_caches(engine, req.cache_to, solved, plan, epoch, display)
     return BuildResult(image=image, solve=solved, names=names, warnings=plan.warnings)
 
 

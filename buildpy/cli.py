@@ -107,6 +107,9 @@ def make_parser() -> argparse.ArgumentParser:
     from buildpy import cachecmds  # the cache flags and commands (issue 4)
 
     cachecmds.add_build_flags(build)
+    from buildpy import cacheio  # --cache-to / --cache-from (issue 6)
+
+    cacheio.add_build_flags(build)
     build.add_argument(
         "--push",
         action="store_true",

@@ -59,6 +59,8 @@ def build(args: argparse.Namespace, root: Path | None) -> int:
         oci_runtime=args.oci_runtime,
         secrets={s.id: s for s in map(SecretSource.parse, args.secret)},
         ssh={s.id: s for s in map(SSHSource.parse, args.ssh)},
+        cache_from=args.cache_from,  # buildpy.cacheio.CacheSpec, parsed by argparse
+        cache_to=args.cache_to,
     )
     if args.push:
         req.outputs.append(Output(type="image", push=True))

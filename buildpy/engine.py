@@ -10,7 +10,7 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from buildpy.context import ContextHasher
 from buildpy.errors import ImageNotFound, InfraError
@@ -62,6 +62,8 @@ class Engine:
         self.images = ImageStore(state.db, self.content)
         self.cache = CacheStore(state.db)
         self.hasher = ContextHasher(state.db, verify=verify_cache)
+        # --cache-from's records (buildpy.cacheio.ImportedCache), set per build.
+        self.imported: Any = None
         with state.lock:
             self.snapshots.init_schema()
             self.images.init_schema()
@@ -167,14 +169,23 @@ class Engine:
         self.images.record_layer(name, digest, size)
         return digest, size
 
+    def materialize(self, result: str) -> str:
+        """A result as a local snapshot: an imported cache record's is fetched."""
+        return result if self.imported is None else self.imported.materialize(result)
+
     def snapshots_exist(self, names: Collection[str]) -> set[str]:
         """snapshot_exists of many names at once (a rebuild's lookups)."""
         special = {n for n in names if n in ("", "context")}
+        if self.imported is not None:  # --cache-from records (buildpy.cacheio)
+            imported = self.imported
+            special |= {n for n in names if imported.owns(n) and imported.has(n)}
         return special | self.snapshots.complete([n for n in names if n not in special])
 
     def snapshot_exists(self, name: str) -> bool:
         if name in ("", "context"):
             return True
+        if self.imported is not None and self.imported.owns(name):
+            return bool(self.imported.has(name))
         try:
             return all(self.snapshots.exists(n) for n in self.snapshots.chain(name))
         except SnapshotError:  # a broken chain is a missing result: rebuild it

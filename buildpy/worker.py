@@ -158,6 +158,8 @@ class BuildWorker:
 
     async def execute(self, vertex: Vertex, inputs: Sequence[str], log: LogSink) -> str:
         op = vertex.op
+        # Imported cache hits (buildpy.cacheio) are fetched when a step reads them.
+        inputs = [await self._thread(self.engine.materialize, r) for r in inputs]
         try:
             if isinstance(op, ContextSource):
                 return CONTEXT_RESULT

@@ -259,6 +259,17 @@ class Snapshotter:
         _, parent, kind, created = self._row(name)
         return SnapshotInfo(name, parent, kind, created)
 
+    def set_created(self, name: str, created: float) -> None:
+        """Date the committed snapshot ``name`` as another store made it: an
+        image's ``created`` is its last step snapshot's, so a snapshot rebuilt
+        from a shared cache keeps the image ID of the build that exported it."""
+        with self._lock:
+            self._db.execute(
+                "UPDATE snapshots SET created = ? WHERE name = ? "
+                "AND kind = 'committed'",
+                (created, name),
+            )
+
     def parent(self, name: str) -> str | None:
         return self._row(name)[1]
 
