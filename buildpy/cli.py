@@ -194,6 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return code
     args = parser().parse_args(argv)
     try:
+        if os.geteuid() != 0:  # rootless: the command runs again in a user namespace
+            from buildpy import rootless
+
+            rootless.enter(args, sys.argv[1:] if argv is None else argv)
         return _dispatch(args)
     except KeyboardInterrupt:
         print("buildpy: interrupted", file=sys.stderr)

@@ -115,9 +115,7 @@ def process_spec(req: RunRequest, config: dict[str, Any]) -> ProcessSpec:
         network=req.network,
         hostname=uuid.uuid4().hex[:12],
         mounts=tuple(_volume(v) for v in req.volumes),
-        # TODO(#5): -t needs a console socket (runc) or a pty in the builtin
-        # init; until then the container shares our stdio, terminal or not.
-        terminal=False,
+        terminal=req.tty,  # a pty of the container's; runtime.console
     )
 
 

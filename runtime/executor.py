@@ -206,6 +206,16 @@ class RuncExecutor(_ProcessExecutor):
     def _before(self, bundle_dir: Path, container_id: str) -> None:
         for name in ("runtime.log", "runtime.pid"):
             (bundle_dir / name).unlink(missing_ok=True)
+        # With "terminal" set in the config, `runc run` in the foreground
+        # makes the container's pty itself and copies between it and our
+        # stdio, with raw mode and window size changes: no console socket.
+        # The first size goes into the config, so the step sees it at once.
+        config_path = bundle_dir / "config.json"
+        config = json.loads(config_path.read_text())
+        if config["process"].get("terminal") and os.isatty(0):
+            columns, lines = os.get_terminal_size(0)
+            config["process"]["consoleSize"] = {"height": lines, "width": columns}
+            config_path.write_text(json.dumps(config, indent=2))
 
     def _startup_failure(self, bundle_dir: Path, container_id: str) -> str | None:
         # The pid file is written once the container exists: without it, the
@@ -243,9 +253,9 @@ class BuiltinExecutor(_ProcessExecutor):
     """buildpy's own executor: ``python -m runtime.init BUNDLE STATE/ID``.
 
     It implements the part of the OCI runtime spec that build steps need (see
-    runtime/init.py). Not applied: seccomp (steps are limited by the capability
-    bounding set only), AppArmor and SELinux, cgroups (no resource limits and no
-    device cgroup), rlimits, ambient capabilities and a terminal.
+    runtime/init.py), docker's default seccomp profile included (compiled with
+    libseccomp). Not applied: AppArmor and SELinux, cgroups (no resource limits
+    and no device cgroup), rlimits and ambient capabilities.
     """
 
     name = "builtin"

@@ -31,9 +31,16 @@ A failure before the exec (a mount, a missing command) is written by the child
 to a close-on-exec pipe; the outer process stores it in ``STATE_DIR/error``
 and exits 1, and the executor raises it as an ExecutorError.
 
-Not applied (the executor's docstring says so too): seccomp, AppArmor/SELinux,
+The seccomp profile of the config (docker's default) is compiled with
+libseccomp and loaded just before the capabilities drop (runtime.seccomp.load).
+
+With "terminal" set, the child makes a pty of the container's devpts its
+stdio and sends the master to the outer process, which copies between it and
+its own stdio (runtime.console).
+
+Not applied (the executor's docstring says so too): AppArmor/SELinux,
 cgroups (no resource limits, and no device cgroup: the step's CAP_MKNOD nodes
-are not restricted), rlimits, ambient capabilities, a terminal.
+are not restricted), rlimits, ambient capabilities.
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ from fcntl import ioctl
 from pathlib import Path
 from typing import Any, NoReturn
 
-from runtime import _libc
+from runtime import _libc, console, seccomp
 from runtime.spec import secure_join
 
 _NAMESPACES = {
@@ -291,7 +298,11 @@ def _outer_alive(errw: int) -> bool:
 
 
 def _container(
-    bundle: Path, config: dict[str, Any], errw: int, mount_ns: int
+    bundle: Path,
+    config: dict[str, Any],
+    errw: int,
+    mount_ns: int,
+    console_sock: socket.socket | None = None,
 ) -> NoReturn:
     _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     if not _outer_alive(errw):
@@ -315,8 +326,11 @@ def _container(
         _add_devices(rootfs)
     if "network" in namespaces:
         _loopback_up()
-    _pivot(rootfs)
     linux = config.get("linux", {})
+    # Compiled while libseccomp is in sight, loaded after the pivot.
+    profile = linux.get("seccomp")
+    filter_ = seccomp.compile_profile(profile) if profile else None
+    _pivot(rootfs)
     for path in linux.get("readonlyPaths", []):
         _readonly_path(path)
     for path in linux.get("maskedPaths", []):
@@ -325,13 +339,23 @@ def _container(
         _libc.sethostname(config["hostname"])
 
     process = config["process"]
+    if console_sock is not None:
+        # The pty of the container's own devpts (runtime.console explains).
+        master, slave = console.open_pty()
+        console.copy_winsize(0, master)  # before the step can ask for it
+        console.send_fd(console_sock, master)
+        os.close(master)
+        console_sock.close()
+        console.become_terminal_owner(slave)
+    if filter_ is not None:
+        # Before capabilities drop: a filter without no_new_privs needs
+        # CAP_SYS_ADMIN. The syscalls left until the exec are all allowed.
+        filter_.load()
     _set_identity(process, last_cap)
     try:
         os.chdir(process.get("cwd", "/"))
     except OSError as exc:
         raise SetupError(f"chdir to {process.get('cwd')}: {exc.strerror}") from exc
-    # TODO: seccomp (docker's default profile) is not applied; build steps run
-    # with only the capability bounding set to limit them.
     _exec(process)
 
 
@@ -344,6 +368,19 @@ def _forward_signals(pid: int) -> None:
 
     for sig in _FORWARDED:
         signal.signal(sig, forward)
+
+
+def _attach(sock: socket.socket) -> None:
+    """Copy between our stdio (the caller's terminal) and the step's pty until
+    the step is gone; the window size follows ours."""
+    master = console.receive_fd(sock)
+    try:
+        console.copy_winsize(0, master)
+        signal.signal(signal.SIGWINCH, lambda _s, _f: console.copy_winsize(0, master))
+        with console.raw_terminal(0):
+            console.relay(master, 0, 1)
+    finally:
+        os.close(master)
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -368,11 +405,15 @@ def main(argv: list[str]) -> int:
     # host's view (it writes to STATE_DIR).
     _libc.unshare(flags & ~_libc.CLONE_NEWNS)
     errr, errw = os.pipe()  # close-on-exec: EOF on the exec of the step
+    terminal = bool(config["process"].get("terminal"))
+    ours, theirs = socket.socketpair() if terminal else (None, None)
     pid = os.fork()
     if pid == 0:
         os.close(errr)
         try:
-            _container(bundle, config, errw, flags & _libc.CLONE_NEWNS)
+            if ours is not None:
+                ours.close()
+            _container(bundle, config, errw, flags & _libc.CLONE_NEWNS, theirs)
         except BaseException as exc:  # noqa: B036 - the child must never return
             os.write(errw, str(exc).encode(errors="replace")[:4096])
         os._exit(1)
@@ -383,6 +424,11 @@ def main(argv: list[str]) -> int:
     while chunk := os.read(errr, 4096):
         message += chunk
     os.close(errr)
+    if ours is not None and theirs is not None:
+        theirs.close()
+        if not message:
+            _attach(ours)
+        ours.close()
     _, status = os.waitpid(pid, 0)
     if message:
         _write_atomic(state / "error", message.decode(errors="replace"))

@@ -320,6 +320,47 @@ def _default_mounts(bundle_dir: Path) -> list[dict[str, Any]]:
     ]
 
 
+def in_user_namespace() -> bool:
+    """True in a user namespace other than the host's (rootless buildpy)."""
+    try:
+        with open("/proc/self/uid_map", encoding="ascii") as f:
+            return f.read().split() != ["0", "0", "4294967295"]
+    except OSError:
+        return False
+
+
+def _gid_mapped(gid: int) -> bool:
+    try:
+        with open("/proc/self/gid_map", encoding="ascii") as f:
+            for line in f:
+                inside, _, count = (int(x) for x in line.split())
+                if inside <= gid < inside + count:
+                    return True
+    except OSError:
+        return True
+    return False
+
+
+def _rootless_mounts(
+    mounts: list[dict[str, Any]], network: str
+) -> list[dict[str, Any]]:
+    """The default mounts as a user namespace allows them (runc's rootless spec):
+    a sysfs needs a network namespace of our own, so with the host's network
+    /sys is the host's, bound read-only; devpts's gid=5 only when gid 5 exists."""
+    if not in_user_namespace():
+        return mounts
+    out = []
+    for mount in mounts:
+        if mount["type"] == "sysfs" and network != "none":
+            options = ["rbind", "nosuid", "noexec", "nodev", "ro"]
+            mount = {**mount, "type": "bind", "source": "/sys", "options": options}
+        elif mount["type"] == "devpts" and not _gid_mapped(5):
+            options = [o for o in mount["options"] if o != "gid=5"]
+            mount = {**mount, "options": options}
+        out.append(mount)
+    return out
+
+
 def _env_with_path(env: Sequence[str]) -> list[str]:
     out = list(env)
     if not any(item.startswith("PATH=") for item in out):
@@ -385,7 +426,8 @@ def build_config(
         },
         "root": {"path": str(rootfs), "readonly": False},
         "hostname": spec.hostname,
-        "mounts": _default_mounts(bundle_dir) + extra_mounts,
+        "mounts": _rootless_mounts(_default_mounts(bundle_dir), spec.network)
+        + extra_mounts,
         "linux": linux,
     }
 

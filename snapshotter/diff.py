@@ -45,6 +45,7 @@ from snapshotter.errors import (
     UnrepresentableFile,
     UnsafeArchiveError,
 )
+from snapshotter.overlay import overlay_in_user_namespace
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +53,17 @@ WHITEOUT_PREFIX = ".wh."
 WHITEOUT_OPAQUE = ".wh..wh..opq"
 # Other ".wh..wh." names are aufs bookkeeping (.wh..wh.plnk, ...): no meaning here.
 WHITEOUT_META_PREFIX = ".wh..wh."
-OVERLAY_XATTR_PREFIX = "trusted.overlay."
-OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
+# In a user namespace (rootless buildpy) overlay is mounted with userxattr and
+# keeps its bookkeeping in user.overlay.* xattrs instead of trusted.overlay.*.
+OVERLAY_XATTR_PREFIX = (
+    "user.overlay." if overlay_in_user_namespace() else "trusted.overlay."
+)
+OVERLAY_OPAQUE_XATTR = OVERLAY_XATTR_PREFIX + "opaque"
 # Overlay features that put file data or names outside the upperdir; the probe
 # in overlay.py turns them off, and a layer cannot be made if they were on.
-_UNSUPPORTED_OVERLAY_XATTRS = ("trusted.overlay.redirect", "trusted.overlay.metacopy")
+_UNSUPPORTED_OVERLAY_XATTRS = tuple(
+    OVERLAY_XATTR_PREFIX + name for name in ("redirect", "metacopy")
+)
 _XATTR_PAX_PREFIX = "SCHILY.xattr."
 _CHUNK = 1 << 20
 _ENCODING = "utf-8"

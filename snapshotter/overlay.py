@@ -101,6 +101,21 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 # Overlay refuses more lowerdirs than this (OVL_MAX_STACK in fs/overlayfs).
 _MAX_STACK = 500
 _PROBED_OPTIONS = ("index=off", "redirect_dir=off", "metacopy=off")
+# In a user namespace (rootless) overlay needs userxattr, which refuses
+# redirect_dir=off (it means "follow" there) and wants "nofollow" instead.
+_USERNS_OPTIONS = ("userxattr", "index=off", "redirect_dir=nofollow", "metacopy=off")
+
+
+def overlay_in_user_namespace() -> bool:
+    """True in a user namespace other than the host's: overlay is mounted with
+    userxattr there and keeps its xattrs under user.overlay.*."""
+    try:
+        with open("/proc/self/uid_map", encoding="ascii") as f:
+            return f.read().split() != ["0", "0", "4294967295"]
+    except OSError:
+        return False
+
+
 _EMPTY = "empty"  # the lowerdir of a snapshot with no parent
 
 # Run by a child process with cwd = root/snapshots: argv is target, data, flags.
@@ -540,6 +555,13 @@ class Snapshotter:
                 _umount(tmp / "merged")
                 return True
 
+            if overlay_in_user_namespace():
+                if accepted(_USERNS_OPTIONS):
+                    return _USERNS_OPTIONS
+                raise MountError(
+                    f"overlayfs refuses userxattr under {self.snapshots_dir}: "
+                    "rootless builds need Linux >= 5.11"
+                )
             if accepted(_PROBED_OPTIONS):
                 return _PROBED_OPTIONS
             if not accepted(()):
