@@ -12,7 +12,10 @@ shell forms, continuations with comments, heredocs, multi-stage files of 5 to
 from __future__ import annotations
 
 import io
+import os
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +23,7 @@ import pytest
 
 from frontend import parser as frontend_parser
 from frontend.parser import parse
+from tests.conftest import REPO
 
 dockerfile = pytest.importorskip("dockerfile")
 dockerfile_parse = pytest.importorskip("dockerfile_parse")
@@ -96,6 +100,19 @@ def test_parse_buildpy(benchmark, dockerfiles: list[str]) -> None:
     benchmark(lambda: list(_each(dockerfiles, parse)))
 
 
+def test_lark_lexer_only(benchmark, dockerfiles: list[str]) -> None:
+    """The floor under test_parse_buildpy: Lark's lexer over the corpus, the
+    tokens made and nothing built from them."""
+    lark_parser = frontend_parser._lark("\\")
+
+    def lex_all() -> None:
+        for text in dockerfiles:
+            for _ in lark_parser.lex(text):
+                pass
+
+    benchmark(lex_all)
+
+
 def test_parse_dockerfile_parse(benchmark, dockerfiles: list[str]) -> None:
     def one(text: str) -> object:
         return dockerfile_parse.DockerfileParser(
@@ -130,3 +147,36 @@ def test_grammar_load_cached(
     assert list((tmp_path / "buildpy").iterdir())
     benchmark(_load_grammar)
     frontend_parser._lark.cache_clear()
+
+
+# The Dockerfile of the no-op rebuild benchmark (test_build_bench.py): 50 steps.
+_FIFTY_STEPS = "FROM busybox\n" + "".join(f"RUN echo {i}\n" for i in range(50))
+
+
+def _run_python(code: str, cache_home: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "XDG_CACHE_HOME": str(cache_home)},
+        cwd=REPO,
+        check=True,
+    )
+
+
+def test_noop_rebuild_parse_in_process(benchmark) -> None:
+    """The parse of a no-op rebuild's 50-step Dockerfile, grammar loaded."""
+    frontend_parser._lark("\\")
+    benchmark(parse, _FIFTY_STEPS)
+
+
+def test_noop_rebuild_parse_process(benchmark, tmp_path: Path) -> None:
+    """A fresh process that imports the parser, loads the cached grammar and
+    parses the 50-step Dockerfile: what a no-op rebuild pays for parsing,
+    Python's own start-up included (test_python_start_up is that alone)."""
+    code = f"from frontend.parser import parse; parse({_FIFTY_STEPS!r})"
+    _run_python(code, tmp_path)  # writes the grammar cache
+    benchmark(_run_python, code, tmp_path)
+
+
+def test_python_start_up(benchmark, tmp_path: Path) -> None:
+    """The baseline of test_noop_rebuild_parse_process: ``python -c pass``."""
+    benchmark(_run_python, "pass", tmp_path)

@@ -87,17 +87,6 @@ def _report(dockerfile: Path, result: LintResult) -> dict[str, Any]:
 
 
 def _print_text(dockerfile: Path, text: str, result: LintResult) -> None:
-    """One block per finding: ``FILE:LINE: Rule: message``, the hint, and, as
-    BuildKit prints it, the marked lines."""
-    level = "ERROR" if result.error else "WARNING"
-    lines = text.splitlines()
-    for f in result.findings:
-        first, last = f.lines
-        print(f"{dockerfile}:{first}: {level}: {f.rule}: {f.message}")
-        print(f"    hint: {f.hint}")
-        for number in range(first, min(last, len(lines)) + 1):
-            print(f" {number:>3} | {lines[number - 1]}")
-    count = len(result.findings)
-    if count:
-        noun = "error" if result.error else "warning"
-        print(f"{dockerfile}: {count} {noun}{'s' if count != 1 else ''}")
+    """BuildKit's lint text: per finding ``WARNING: Rule - URL``, the message
+    and the marked lines (frontend.lint.LintResult.text)."""
+    sys.stdout.write(result.text(text, str(dockerfile)))

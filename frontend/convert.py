@@ -648,7 +648,10 @@ class _Converter:
 
     def do_run(self, stage: _Stage, node: Instruction, step, flags, fail) -> None:
         if flags.get("device"):
-            fail("RUN --device is not supported yet")
+            # Labs-only in BuildKit (Dockerfile 1.14.0-labs): not stable syntax.
+            fail(
+                "RUN --device is labs syntax (docker/dockerfile:1-labs), not supported"
+            )
         env = stage.env_map()
         try:
             network = check_choice(

@@ -76,6 +76,32 @@ def source_frame(source_text: str, first: int, last: int) -> str:
     return "\n".join(out)
 
 
+def buildkit_source(filename: str, source_text: str, first: int, last: int) -> str:
+    """Lines ``first``..``last`` as BuildKit's build checks print them (its
+    errdefs Source.Print): a ``FILE:FIRST`` header, then the marked lines with
+    two lines of context each side for one line, one for several, where the
+    text has them; the last line of a text ending in a newline is an empty one.
+    """
+    lines = source_text.split("\n")
+    if not 1 <= first <= len(lines):
+        return ""
+    last = min(max(last, first), len(lines))
+    start, end = first, last
+    wanted, taken = (4 if first == last else 2), 0
+    while taken < wanted:  # widen one line a side per round, as BuildKit does
+        if start > 1:
+            start, taken = start - 1, taken + 1
+        if end != len(lines):
+            end, taken = end + 1, taken + 1
+        taken += 1
+    out = [f"{filename}:{first}", _RULE]
+    for number in range(start, end + 1):
+        marker = ">>>" if first <= number <= last else "   "
+        out.append(f" {number:>3} | {marker} {lines[number - 1]}")
+    out.append(_RULE)
+    return "\n".join(out) + "\n"
+
+
 def suggest(word: str, choices: Iterable[str]) -> str | None:
     """``did you mean X?`` for the nearest of ``choices``, keeping word's case."""
     options = list(choices)

@@ -35,7 +35,7 @@ from frontend.errors import suggest
 
 # Per instruction: flag name -> kind ("str", "bool", or "list" for repeatable).
 # From the Dockerfile reference (dockerfile 1.x, labs flags excluded but
-# --device, which is parsed so that its error can say "not supported yet").
+# --device, which is parsed so that its error can name the labs syntax).
 FLAGS: dict[str, dict[str, str]] = {
     "from": {"platform": "str"},
     "run": {"network": "str", "mount": "list", "security": "str", "device": "list"},

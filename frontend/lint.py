@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from frontend.dockerignore import IgnoreMatcher
-from frontend.errors import DockerfileError, suggest
-from frontend.parser import AST, Instruction, parse
+from frontend.errors import DockerfileError, buildkit_source, suggest
+from frontend.parser import AST, Instruction, go_quote, parse
 from frontend.shell import ShellError, process_word, used_variables
 
 DOCS = "https://docs.docker.com/go/dockerfile/rule/"
@@ -54,6 +54,7 @@ class Finding:
     lines: tuple[int, int]
     hint: str
     url: str
+    description: str = ""
 
     def line_text(self) -> str:
         """``RuleName: message (line N)``: how build progress shows it."""
@@ -67,6 +68,7 @@ class Finding:
             "end_line": self.lines[1],
             "hint": self.hint,
             "url": self.url,
+            "description": self.description,
         }
 
 
@@ -78,6 +80,21 @@ class LintResult:
     @property
     def failed(self) -> bool:
         return self.error and bool(self.findings)
+
+    def text(self, source_text: str, filename: str = "Dockerfile") -> str:
+        """The findings as BuildKit's lint prints them: for each, a blank line,
+        ``WARNING: Rule - URL`` (no URL when the rule has none), the message,
+        and the instruction's lines; then, when the check directive makes them
+        errors, ``ERROR: lint violation found for rules: A, B``."""
+        out = []
+        for f in self.findings:
+            head = f"WARNING: {f.rule}" + (f" - {f.url}" if f.url else "")
+            frame = buildkit_source(filename, source_text, *f.lines)
+            out.append(f"\n{head}\n{f.message}\n{frame}")
+        if self.failed:
+            rules = ", ".join(sorted({f.rule for f in self.findings}))
+            out.append(f"ERROR: lint violation found for rules: {rules}\n")
+        return "".join(out)
 
 
 @dataclass
@@ -91,11 +108,11 @@ class CheckConfig:
     experimental_all: bool = False
 
     def enabled(self, rule: Rule) -> bool:
-        if self.skip_all or rule.name in self.skip:
-            return False
+        # An experimental rule asked for runs whatever skip says (BuildKit's
+        # documented precedence: skip=all;experimental=all runs those).
         if rule.experimental:
             return self.experimental_all or rule.name in self.experimental
-        return True
+        return not (self.skip_all or rule.name in self.skip)
 
 
 def parse_check_directive(text: str, filename: str = "Dockerfile") -> CheckConfig:
@@ -266,7 +283,7 @@ def _duplicate_stage_name(m: _Model) -> Iterator[tuple[Instruction, str]]:
         if name in seen:
             yield (
                 stage.from_node,
-                f"Duplicate stage name '{name}', stage names should be unique",
+                f"Duplicate stage name {go_quote(name)}, stage names should be unique",
             )
         seen.add(name)
 
@@ -276,8 +293,8 @@ def _reserved_stage_name(m: _Model) -> Iterator[tuple[Instruction, str]]:
         if stage.name and stage.name.lower() in ("scratch", "context"):
             yield (
                 stage.from_node,
-                f"'{stage.name.lower()}' is reserved and should not be used as a "
-                "stage name",
+                "Stage name should not use the same name as reserved stage "
+                + go_quote(stage.name.lower()),
             )
 
 
@@ -333,8 +350,8 @@ def _workdir_relative_path(m: _Model) -> Iterator[tuple[Instruction, str]]:
             elif not absolute:
                 yield (
                     node,
-                    f"Relative workdir '{path}' can have unexpected results if the "
-                    "base image changes",
+                    f"Relative workdir {go_quote(path)} can have unexpected results "
+                    "if the base image changes",
                 )
 
 
@@ -361,7 +378,9 @@ def _undefined_var(m: _Model) -> Iterator[tuple[Instruction, str]]:
                     for name in sorted(_variables(word) - defined):
                         hint = suggest(name, defined)
                         message = f"Usage of undefined variable '${name}'"
-                        yield node, message + (f" ({hint})" if hint else "")
+                        if hint:  # "did you mean X?": BuildKit names it $X
+                            message += f" ({hint.replace('mean ', 'mean $', 1)})"
+                        yield node, message
             defined |= _declared([node])
 
 
@@ -419,8 +438,8 @@ def _invalid_base_image_platform(m: _Model) -> Iterator[tuple[Instruction, str]]
         if found is not None and found != m.platform:
             yield (
                 stage.from_node,
-                f'Base image {stage.base} was pulled with platform "{found}", '
-                f'expected "{m.platform}" for current build',
+                f"Base image {stage.base} was pulled with platform "
+                f"{go_quote(found)}, expected {go_quote(m.platform)} for current build",
             )
 
 
@@ -428,9 +447,10 @@ def _redundant_target_platform(m: _Model) -> Iterator[tuple[Instruction, str]]:
     for stage in m.stages:
         for flag in stage.from_node.flags:
             if flag in ("--platform=$TARGETPLATFORM", "--platform=${TARGETPLATFORM}"):
+                written = flag.partition("=")[2]  # BuildKit names it as written
                 yield (
                     stage.from_node,
-                    "Setting platform to predefined $TARGETPLATFORM in FROM is "
+                    f"Setting platform to predefined {written} in FROM is "
                     "redundant as this is the default behavior",
                 )
 
@@ -457,7 +477,7 @@ def _secrets_used_in_arg_or_env(m: _Model) -> Iterator[tuple[Instruction, str]]:
                 yield (
                     node,
                     "Do not use ARG or ENV instructions for sensitive data "
-                    f'({node.keyword.upper()} "{name}")',
+                    f"({node.keyword.upper()} {go_quote(name)})",
                 )
 
 
@@ -501,7 +521,7 @@ def _from_platform_flag_const(m: _Model) -> Iterator[tuple[Instruction, str]]:
                 continue
             yield (
                 stage.from_node,
-                f'FROM --platform flag should not use constant value "{value}"',
+                f"FROM --platform flag should not use constant value {go_quote(value)}",
             )
 
 
@@ -513,13 +533,14 @@ def _copy_ignored_file(m: _Model) -> Iterator[tuple[Instruction, str]]:
             continue
         if any(f.startswith("--from") for f in node.flags):
             continue
+        command = "Add" if node.keyword == "add" else "Copy"
         for source in _words(node)[:-1]:
             path = source.lstrip("/").removeprefix("./")
             if path and not path.startswith("<<") and m.ignore.excluded(path):
                 yield (
                     node,
-                    f'Attempting to Copy file "{source}" that is excluded by '
-                    ".dockerignore",
+                    f"Attempting to {command} file {go_quote(source)} that is "
+                    "excluded by .dockerignore",
                 )
 
 
@@ -537,16 +558,15 @@ def _invalid_definition_description(m: _Model) -> Iterator[tuple[Instruction, st
             continue
         comment = m.lines[above].lstrip()[1:].strip()
         if node.keyword == "from":
-            names = [_words(node)[2]]
+            names = [_words(node)[2].lower()]  # BuildKit's stage names are lower
         else:
             names = [w.partition("=")[0] for w in _words(node)]
         if comment.split(" ", 1)[0] not in names:
+            example = names[0] if len(names) == 1 else "<arg_key>"
             yield (
                 node,
-                "Comment for build stage or argument should follow the format: "
-                "`# <arg/stage name> <description>`. If this is not intended to be "
-                "a description comment, add an empty line or comment between the "
-                "instruction and the comment.",
+                f"Comment for {node.keyword.upper()} should follow the format: "
+                f"`# {example} <description>`",
             )
 
 
@@ -577,10 +597,18 @@ def _expose_invalid_format(m: _Model) -> Iterator[tuple[Instruction, str]]:
                 )
 
 
-def _rule(name: str, description: str, check: Check, experimental: bool = False):
+def _rule(
+    name: str,
+    description: str,
+    check: Check,
+    experimental: bool = False,
+    documented: bool = True,
+) -> Rule:
+    """A rule and its documentation page (none when BuildKit gives none)."""
     slug = re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
     slug = slug.replace("j-s-o-n", "json")
-    return Rule(name, description, f"{DOCS}{slug}/", check, experimental)
+    url = f"{DOCS}{slug}/" if documented else ""
+    return Rule(name, description, url, check, experimental)
 
 
 # The rules of the Dockerfile reference's build checks page, in its order.
@@ -650,6 +678,7 @@ RULES: tuple[Rule, ...] = (
         "InvalidBaseImagePlatform",
         "Base image platform does not match expected target platform",
         _invalid_base_image_platform,
+        documented=False,  # BuildKit's rule has no URL
     ),
     _rule(
         "RedundantTargetPlatform",
@@ -676,6 +705,7 @@ RULES: tuple[Rule, ...] = (
         "CopyIgnoredFile",
         "Attempting to Copy file that is excluded by .dockerignore",
         _copy_ignored_file,
+        experimental=True,
     ),
     _rule(
         "InvalidDefinitionDescription",
@@ -736,7 +766,11 @@ def lint(
         if not config.enabled(rule):
             continue
         for node, message in rule.check(model):
-            hint = f"{rule.description} ({rule.url})"
-            findings.append(Finding(rule.name, message, node.lines, hint, rule.url))
+            hint = f"{rule.description} ({rule.url})" if rule.url else rule.description
+            findings.append(
+                Finding(
+                    rule.name, message, node.lines, hint, rule.url, rule.description
+                )
+            )
     findings.sort(key=lambda f: f.lines)
     return LintResult(findings, config.error)

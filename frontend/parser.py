@@ -11,11 +11,13 @@ byte for byte. It has three layers:
    later line is read. The block ends at the first line that is not a
    ``# key=value`` comment with a known key.
 2. The Lark grammar (dockerfile.lark, compiled once per escape token and cached
-   on disk) groups physical lines into instructions: continuation lines,
-   comments and blank lines inside a continuation, heredoc bodies. Heredocs are
-   context-sensitive (the terminator is a name read from the instruction), so
-   the post-lexer ``_LinePostLex`` renames the lines that belong to a heredoc
-   after it has seen the instruction line.
+   on disk) cuts the text into tokens of whole lines: one INSTRUCTION token per
+   instruction (the comment and blank lines before it, its continuation lines,
+   the comments and blank lines inside the continuation). Only Lark's lexer
+   runs; ``_group`` reads the grammar's one rule off the token stream. Heredocs
+   are context-sensitive (the terminator is a name read from the instruction),
+   so the post-lexer ``_HeredocPostLex`` cuts the tokens after an instruction
+   that opens heredocs back into body lines.
 3. Each instruction's *logical line* (continuations joined with nothing in
    between, the escape token and its trailing blanks removed) is split into the
    keyword, the leading ``--flags`` and the arguments, with one argument rule per
@@ -51,6 +53,10 @@ _DIRECTIVE_RE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
 _WHITESPACE_RE = re.compile(r"[\t\v\f\r ]+")
 _HEREDOC_RE = re.compile(r"^(\d*)<<(-?)([^<]*)$")
 _HEREDOC_KEYWORDS = frozenset({"run", "copy", "add"})
+# Leading flags written without quotes or escapes, each followed by a blank.
+_SIMPLE_FLAGS_RE = re.compile(r"(?:--[^\s'\"\\]+\s+)+")
+# What makes the shell lexer's words differ from a split on blanks.
+_SHELL_SPECIAL_RE = re.compile(r"['\"$\\]")
 
 
 @dataclass
@@ -76,7 +82,7 @@ class Heredoc:
         return "".join(line.lstrip("\t") for line in self.content.splitlines(True))
 
 
-@dataclass
+@dataclass(slots=True)
 class Instruction:
     """One instruction: a node of BuildKit's AST.
 
@@ -176,12 +182,15 @@ def _grammar_cache_file(grammar: str) -> str | bool:
 
 
 @cache
-def _lark(escape: str) -> Lark:
-    """The compiled line grammar for one escape token.
+def _lark(escape: str, heredocs: bool = True) -> Lark:
+    """The compiled grammar for one escape token.
 
     The analysis is kept in a file (``grammar_cache_dir``), so a fresh process
     skips grammar compilation, which is most of a no-op rebuild's start-up;
-    ``@cache`` keeps the parser within a process.
+    ``@cache`` keeps the parser within a process. Only Lark's lexer runs over
+    the text (``Lark.lex``): the grammar's one rule, an instruction followed
+    by its heredoc bodies, is read off the token stream by ``_group``. Without
+    ``heredocs``, no post-lexer: the plain tokens, for ``_HeredocPostLex``.
     """
     grammar = resources.files("frontend").joinpath("dockerfile.lark").read_text()
     grammar = grammar.replace("@ESC@", re.escape(escape))
@@ -189,8 +198,7 @@ def _lark(escape: str) -> Lark:
         grammar,
         parser="lalr",
         lexer="basic",
-        postlex=_LinePostLex(escape),
-        propagate_positions=True,
+        postlex=_HeredocPostLex(escape) if heredocs else None,
         maybe_placeholders=False,
         cache=_grammar_cache_file(grammar),
     )
@@ -214,20 +222,51 @@ def _continuation_re(escape: str) -> re.Pattern[str]:
     return re.compile(rf"([^{e}]){e}[ \t\r]*$|^{e}[ \t\r]*$")
 
 
-class _LogicalLine:
-    """Joins the physical lines of one instruction as BuildKit does."""
+# A blank line, or a comment line: skipped inside a continuation.
+_SKIPPED_RE = re.compile(r"[^\S\n]*(?:#|$)")
 
-    def __init__(self, escape: str) -> None:
-        self.escape = escape
-        self.text = ""
-        self.parts = 0
 
-    def add(self, physical: str) -> None:
-        line = _strip_newline(physical)
-        if self.parts == 0:
-            line = line.lstrip()
-        self.parts += 1
-        self.text += _trim_continuation(line, self.escape)[0]
+def _physical_lines(token: str) -> list[str]:
+    """The lines of a token, newlines removed (never str.splitlines: only
+    '\\n' ends a Dockerfile line)."""
+    lines = token.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+# The blank and comment lines that an INSTRUCTION token starts with.
+_GAP_RE = re.compile(r"(?:[^\S\n]*(?:#[^\n]*)?\n)*")
+
+
+def skip_gap(token: str) -> tuple[int, str]:
+    """(lines skipped, the rest): an INSTRUCTION token without its gap lines."""
+    if token[0] != "#" and not token[0].isspace():
+        return 0, token  # starts with the instruction: the common case
+    end = _GAP_RE.match(token).end()  # type: ignore[union-attr]
+    return token.count("\n", 0, end), token[end:]
+
+
+def logical_line(
+    token: str, escape: str, empty: list[int] | None = None, first_line: int = 0
+) -> str:
+    """The logical line of an INSTRUCTION token (gap lines skipped), as BuildKit
+    joins it: leading blanks of the first line and every trailing escape token
+    removed, comment and blank lines skipped (the numbers of the blank ones
+    appended to ``empty``, counting from ``first_line``)."""
+    end = token.find("\n")
+    if end == -1 or end == len(token) - 1:  # one line: the common case
+        line = token.rstrip("\r\n").lstrip()
+        return _trim_continuation(line, escape)[0] if escape in line else line
+    parts = _physical_lines(token)
+    text = _trim_continuation(parts[0].rstrip("\r").lstrip(), escape)[0]
+    for number, part in enumerate(parts[1:], start=first_line + 1):
+        if _SKIPPED_RE.match(part):
+            if empty is not None and not part.strip():
+                empty.append(number)
+            continue
+        text += _trim_continuation(part.rstrip("\r"), escape)[0]
+    return text
 
 
 class _UnterminatedHeredoc(Exception):
@@ -235,8 +274,8 @@ class _UnterminatedHeredoc(Exception):
         self.name, self.line = name, line
 
 
-class _LinePostLex:
-    """Renames line tokens whose role depends on the lines before them.
+class _HeredocPostLex:
+    """Cuts the tokens after an instruction that opens heredocs into body lines.
 
     The grammar's comment explains the renamed terminals. State is local to
     each ``process`` call, so one compiled parser serves concurrent parses.
@@ -248,46 +287,55 @@ class _LinePostLex:
         self.escape = escape
 
     def process(self, stream: Iterator[Token]) -> Iterator[Token]:
-        logical: _LogicalLine | None = None
         pending: list[Heredoc] = []
         opened_at = 0
-        for token in stream:
-            if pending:
-                # A heredoc body: every line is text until the terminator.
-                candidate = _strip_newline(token.value)
+        stream = iter(stream)
+        again: list[Token] = []  # tokens lexed again, in reverse order
+        while True:
+            token = again.pop() if again else next(stream, None)
+            if token is None:
+                break
+            if not pending:
+                if token.type == "INSTRUCTION" and "<<" in token:
+                    text = skip_gap(token)[1]
+                    pending = heredocs_of_line(logical_line(text, self.escape))
+                    opened_at = token.line + token.count("\n", 0, len(token) - 1)
+                yield token
+                continue
+            # Heredoc bodies: every line is text until its terminator.
+            line, pos = token.line, token.start_pos
+            parts = token.split("\n")
+            for index, part in enumerate(parts):
+                last = index == len(parts) - 1
+                if last and not part:
+                    break  # the token ended with its newline
+                if not pending:
+                    # Rare: the terminator was a line that continued the token
+                    # (a name that looks like a comment); lex the rest again.
+                    rest = "\n".join(parts[index:])
+                    again = self._lex_again(rest, line, pos)
+                    break
+                value = part if last else part + "\n"
+                candidate = part.rstrip("\r")
                 if pending[0].chomp:
                     candidate = candidate.lstrip("\t")
+                kind = "HEREDOC_LINE"
                 if candidate == pending[0].name:
                     pending.pop(0)
-                    yield Token.new_borrow_pos("HEREDOC_END", token.value, token)
-                else:
-                    yield Token.new_borrow_pos("HEREDOC_LINE", token.value, token)
-                continue
-            if logical is not None:
-                renamed = {"COMMENT": "CONT_COMMENT", "BLANK": "CONT_BLANK"}
-                if token.type in renamed:
-                    yield Token.new_borrow_pos(renamed[token.type], token.value, token)
-                    continue
-                logical.add(token.value)
-                if token.type == "LINE":
-                    yield Token.new_borrow_pos("CONT_LAST", token.value, token)
-                    pending = heredocs_of_line(logical.text)
-                    opened_at = token.line
-                    logical = None
-                else:
-                    yield token
-                continue
-            if token.type == "CONT":
-                logical = _LogicalLine(self.escape)
-                logical.add(token.value)
-            elif token.type == "LINE":
-                line = _LogicalLine(self.escape)
-                line.add(token.value)
-                pending = heredocs_of_line(line.text)
-                opened_at = token.line
-            yield token
+                    kind = "HEREDOC_END"
+                yield Token(kind, value, pos, line, 1)
+                line, pos = line + 1, pos + len(value)
         if pending:
             raise _UnterminatedHeredoc(pending[0].name, opened_at)
+
+    def _lex_again(self, rest: str, line: int, pos: int) -> list[Token]:
+        """The tokens of ``rest`` (which starts at ``line``, offset ``pos``),
+        reversed, from the grammar without this post-lexer."""
+        tokens = [
+            Token(t.type, t.value, t.start_pos + pos, t.line + line - 1, t.column)
+            for t in _lark(self.escape, heredocs=False).lex(rest)
+        ]
+        return tokens[::-1]
 
 
 def heredocs_of_line(line: str) -> list[Heredoc]:
@@ -307,12 +355,17 @@ def heredocs_of_line(line: str) -> list[Heredoc]:
         keyword = keyword.lower()
     if keyword not in _HEREDOC_KEYWORDS or _json_array(rest) is not None:
         return []
-    try:
-        # As BuildKit: the line's shell words (raw quotes and escapes, nothing
-        # set); a line the shell lexer rejects opens no heredoc.
-        words = shell_words(line)
-    except ShellError:
-        return []
+    if _SHELL_SPECIAL_RE.search(line) is None:
+        # Nothing quoted, escaped or expanded: the shell words are the blank
+        # separated ones (the shell lexer below gives the same, slowly).
+        words = line.split()
+    else:
+        try:
+            # As BuildKit: the line's shell words (raw quotes and escapes,
+            # nothing set); a line the shell lexer rejects opens no heredoc.
+            words = shell_words(line)
+        except ShellError:
+            return []
     docs = []
     for word in words:
         doc = parse_heredoc(word)
@@ -349,9 +402,12 @@ def _split_command(line: str, escape: str) -> tuple[str, list[str], str]:
     parts = _WHITESPACE_RE.split(line.strip(), maxsplit=1)
     if len(parts) < 2:
         return parts[0], [], ""
+    rest = parts[1]
+    if not rest.startswith("--") and not rest[0].isspace():
+        return parts[0], [], rest  # no flags: the common case
     # BuildKit reads flags with a backslash escape whatever the directive says
     # (extractBuilderFlags); the differential tests hold it to that.
-    rest, flags = _extract_flags(parts[1], "\\")
+    rest, flags = _extract_flags(rest, "\\")
     return parts[0], flags, rest.strip()
 
 
@@ -363,6 +419,9 @@ def _extract_flags(line: str, escape: str) -> tuple[str, list[str]]:
     """
     flags: list[str] = []
     pos, n = 0, len(line)
+    simple = _SIMPLE_FLAGS_RE.match(line)
+    if simple is not None:  # no quote or escape in these: the words as written
+        flags, pos = simple.group().split(), simple.end()
     while True:
         while pos < n and line[pos].isspace():
             pos += 1
@@ -401,6 +460,8 @@ def _extract_flags(line: str, escape: str) -> tuple[str, list[str]]:
 
 def parse_words(rest: str, escape: str) -> list[str]:
     """Split on blanks honouring quotes and escapes, which stay in the words."""
+    if escape not in rest and "'" not in rest and '"' not in rest:
+        return rest.split()  # nothing quoted or escaped: the common case
     words: list[str] = []
     word, quote, blank_ok, in_word = "", "", False, False
     pos, n = 0, len(rest)
@@ -590,7 +651,7 @@ def _instruction_from_line(line: str, escape: str) -> Instruction:
         raise _ArgError(
             "when using JSON array syntax, arrays must be comprised of strings only"
         ) from None
-    return Instruction(keyword, args, flags, is_json, original=line)
+    return Instruction(keyword, args, flags, is_json, line, [])
 
 
 # --- the walk over the parse tree ----------------------------------------------
@@ -617,83 +678,76 @@ def parse(text: str, filename: str = "Dockerfile") -> AST:
             f"syntax error: {exc}", filename=filename, line=line
         ) from None
     ast = AST([], directives, escape, filename)
-    for lines, bodies in groups:
-        ast.instructions.append(_instruction(lines, bodies, escape, ast))
+    for token, bodies in groups:
+        ast.instructions.append(_instruction(token, bodies, escape, ast))
     if not ast.instructions:
         raise DockerfileError("file with no instructions", filename=filename)
     return ast
 
 
-_Group = tuple[list[Token], list[list[Token]]]
+_Group = tuple[Token, list[list[Token]]]
 
 
 def _group(stream: Iterator[Token]) -> Iterator[_Group]:
-    """Line tokens -> (an instruction's lines, its heredoc bodies).
-
-    This walks the token stream as the grammar's ``instruction`` rule reads it
-    (the LALR parser would give the same tree, at three times the cost): an
-    instruction is a LINE, or a CONT and its continuation lines up to the
-    CONT_LAST, then its heredoc bodies, each ending with HEREDOC_END.
-    """
-    lines: list[Token] | None = None
+    """Tokens -> (an INSTRUCTION, its heredoc bodies), as the grammar's
+    ``instruction`` rule reads them (Lark's LALR parser would build the same
+    tree at several times the cost): each body ends with a HEREDOC_END."""
+    instruction: Token | None = None
     bodies: list[list[Token]] = []
     body: list[Token] = []
-    in_continuation = False
     for token in stream:
         kind = token.type
-        if in_continuation:
-            assert lines is not None
-            lines.append(token)
-            in_continuation = kind != "CONT_LAST"
-            continue
-        if kind in ("HEREDOC_LINE", "HEREDOC_END"):
+        if kind == "INSTRUCTION":
+            if instruction is not None:
+                yield instruction, bodies
+            instruction, bodies = token, []
+        elif kind == "HEREDOC_LINE":
             body.append(token)
-            if kind == "HEREDOC_END":
-                bodies.append(body)
-                body = []
-            continue
-        if lines is not None:
-            yield lines, bodies
-        lines, bodies = None, []
-        if kind in ("LINE", "CONT"):
-            lines, in_continuation = [token], kind == "CONT"
-    if lines is not None:
-        yield lines, bodies
+        elif kind == "HEREDOC_END":
+            body.append(token)
+            bodies.append(body)
+            body = []
+    if instruction is not None:
+        yield instruction, bodies
 
 
 def _instruction(
-    tokens: list[Token], bodies: list[list[Token]], escape: str, ast: AST
+    token: Token, bodies: list[list[Token]], escape: str, ast: AST
 ) -> Instruction:
-    logical = _LogicalLine(escape)
-    for token in tokens:
-        if token.type == "CONT_BLANK":
-            ast.warnings.append(f"{ast.filename}:{token.line}: empty continuation line")
-            ast.empty_continuations.append(token.line)
-        elif token.type != "CONT_COMMENT":
-            logical.add(token.value)
-    first = tokens[0]
-    last_token = bodies[-1][-1] if bodies else tokens[-1]
-    start_column = first.column + len(first.value) - len(first.value.lstrip())
+    skipped, value = skip_gap(token.value)
+    first_line = token.line + skipped
+    empty: list[int] = []
+    text = logical_line(value, escape, empty, first_line)
+    for number in empty:
+        ast.warnings.append(f"{ast.filename}:{number}: empty continuation line")
+        ast.empty_continuations.append(number)
+    start_column = 1 + len(value) - len(value.lstrip())
+    if bodies:
+        last = bodies[-1][-1]
+        end_line, end_column = last.line, 1 + len(_strip_newline(last.value))
+    else:
+        newline = value.rfind("\n", 0, len(value) - 1)
+        end_line = first_line + value.count("\n", 0, len(value) - 1)
+        end_column = len(_strip_newline(value[newline + 1 :])) + 1
     try:
-        node = _instruction_from_line(logical.text, escape)
+        node = _instruction_from_line(text, escape)
     except _ArgError as exc:
         raise DockerfileError(
             str(exc),
             filename=ast.filename,
-            line=first.line,
+            line=first_line,
             column=start_column,
-            end_line=last_token.line,
+            end_line=end_line,
         ) from None
-    docs = heredocs_of_line(logical.text)
-    for doc, body in zip(docs, bodies, strict=False):
-        lines = [t.value for t in body[:-1]]
-        doc.content = "".join(
-            line if line.endswith("\n") else line + "\n" for line in lines
-        )
-    node.heredocs = docs
-    node.start_line, node.start_column = first.line, start_column
-    node.end_line = last_token.line
-    node.end_column = last_token.column + len(_strip_newline(last_token.value))
+    if bodies:
+        docs = heredocs_of_line(text)
+        for doc, body in zip(docs, bodies, strict=False):
+            doc.content = "".join(
+                t.value if t.value.endswith("\n") else t.value + "\n" for t in body[:-1]
+            )
+        node.heredocs = docs
+    node.start_line, node.start_column = first_line, start_column
+    node.end_line, node.end_column = end_line, end_column
     return node
 
 

@@ -246,9 +246,11 @@ ERRORS = [
         "with `buildpy import` or pull it",
     ),
     (
-        "FROM busybox\nRUN --device=/dev/fuse x\n",
+        "# syntax=docker/dockerfile:1-labs\nFROM busybox\n"
+        "RUN --device=vendor1.com/device,required=true x\n",
         {},
-        "Dockerfile:2:1: RUN --device is not supported yet",
+        "Dockerfile:3:1: RUN --device is labs syntax (docker/dockerfile:1-labs), "
+        "not supported",
     ),
     (
         "FROM busybox\nADD --checksum=md5:x a /\n",

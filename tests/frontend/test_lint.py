@@ -12,7 +12,10 @@ from frontend import DockerfileError, ResolvedImage, convert
 from frontend.lint import RULE_NAMES, RULES, lint
 from tests.conftest import Buildpy, write_context
 
-# Rule -> (a Dockerfile that breaks it, the line, the exact message).
+# Rule -> (a Dockerfile that breaks it, the line, the exact message BuildKit
+# prints for it). Docker on this machine (20.10) has no `build --check`, so the
+# messages are BuildKit's, written from the format strings of its linter rules
+# (frontend/dockerfile/linter/ruleset.go) and the arguments its callers pass.
 VIOLATIONS = {
     "StageNameCasing": (
         "FROM busybox AS Build\n",
@@ -37,12 +40,12 @@ VIOLATIONS = {
     "DuplicateStageName": (
         "FROM busybox AS a\nFROM busybox AS a\n",
         2,
-        "Duplicate stage name 'a', stage names should be unique",
+        'Duplicate stage name "a", stage names should be unique',
     ),
     "ReservedStageName": (
         "FROM busybox AS scratch\n",
         1,
-        "'scratch' is reserved and should not be used as a stage name",
+        'Stage name should not use the same name as reserved stage "scratch"',
     ),
     "JSONArgsRecommended": (
         "FROM busybox\nENTRYPOINT my-app start\n",
@@ -63,12 +66,12 @@ VIOLATIONS = {
     "WorkdirRelativePath": (
         "FROM busybox\nWORKDIR app\n",
         2,
-        "Relative workdir 'app' can have unexpected results if the base image changes",
+        'Relative workdir "app" can have unexpected results if the base image changes',
     ),
     "UndefinedVar": (
         "FROM busybox\nARG DIR=/x\nCOPY a $DRI/\n",
         3,
-        "Usage of undefined variable '$DRI' (did you mean DIR?)",
+        "Usage of undefined variable '$DRI' (did you mean $DIR?)",
     ),
     "MultipleInstructionsDisallowed": (
         'FROM busybox\nCMD ["a"]\nCMD ["b"]\n',
@@ -110,18 +113,15 @@ VIOLATIONS = {
         'FROM --platform flag should not use constant value "linux/amd64"',
     ),
     "CopyIgnoredFile": (
-        "FROM busybox\nCOPY secret.txt /\n",
-        2,
-        'Attempting to Copy file "secret.txt" that is excluded by .dockerignore',
+        "# check=experimental=CopyIgnoredFile\nFROM busybox\nADD secret.txt /\n",
+        3,
+        'Attempting to Add file "secret.txt" that is excluded by .dockerignore',
     ),
     "InvalidDefinitionDescription": (
         "# check=experimental=InvalidDefinitionDescription\n"
         "# the base stage\nFROM busybox AS base\n",
         3,
-        "Comment for build stage or argument should follow the format: `# "
-        "<arg/stage name> <description>`. If this is not intended to be a "
-        "description comment, add an empty line or comment between the "
-        "instruction and the comment.",
+        "Comment for FROM should follow the format: `# base <description>`",
     ),
     "ExposeProtoCasing": (
         "FROM busybox\nEXPOSE 80/TcP\n",
@@ -146,12 +146,202 @@ def run_lint(text: str):
     )
 
 
+_GO = "https://docs.docker.com/go/dockerfile/rule/"
+# BuildKit's rules: name -> (description, URL, experimental), as its linter's
+# rule set declares them.
+BUILDKIT_RULES = {
+    "StageNameCasing": (
+        "Stage names should be lowercase",
+        _GO + "stage-name-casing/",
+        False,
+    ),
+    "FromAsCasing": (
+        "The 'as' keyword should match the case of the 'from' keyword",
+        _GO + "from-as-casing/",
+        False,
+    ),
+    "NoEmptyContinuation": (
+        "Empty continuation lines will become errors in a future release",
+        _GO + "no-empty-continuation/",
+        False,
+    ),
+    "ConsistentInstructionCasing": (
+        "All commands within the Dockerfile should use the same casing (either "
+        "upper or lower)",
+        _GO + "consistent-instruction-casing/",
+        False,
+    ),
+    "DuplicateStageName": (
+        "Stage names should be unique",
+        _GO + "duplicate-stage-name/",
+        False,
+    ),
+    "ReservedStageName": (
+        "Reserved words should not be used as stage names",
+        _GO + "reserved-stage-name/",
+        False,
+    ),
+    "JSONArgsRecommended": (
+        "JSON arguments recommended for ENTRYPOINT/CMD to prevent unintended "
+        "behavior related to OS signals",
+        _GO + "json-args-recommended/",
+        False,
+    ),
+    "MaintainerDeprecated": (
+        "The MAINTAINER instruction is deprecated, use a label instead to define "
+        "an image author",
+        _GO + "maintainer-deprecated/",
+        False,
+    ),
+    "UndefinedArgInFrom": (
+        "FROM command must use declared ARGs",
+        _GO + "undefined-arg-in-from/",
+        False,
+    ),
+    "WorkdirRelativePath": (
+        "Relative workdir without an absolute workdir declared within the build "
+        "can have unexpected results if the base image changes",
+        _GO + "workdir-relative-path/",
+        False,
+    ),
+    "UndefinedVar": (
+        "Variables should be defined before their use",
+        _GO + "undefined-var/",
+        False,
+    ),
+    "MultipleInstructionsDisallowed": (
+        "Multiple instructions of the same type should not be used in the same stage",
+        _GO + "multiple-instructions-disallowed/",
+        False,
+    ),
+    "LegacyKeyValueFormat": (
+        "Legacy key/value format with whitespace separator should not be used",
+        _GO + "legacy-key-value-format/",
+        False,
+    ),
+    "InvalidBaseImagePlatform": (
+        "Base image platform does not match expected target platform",
+        "",
+        False,
+    ),
+    "RedundantTargetPlatform": (
+        "Setting platform to predefined $TARGETPLATFORM in FROM is redundant as "
+        "this is the default behavior",
+        _GO + "redundant-target-platform/",
+        False,
+    ),
+    "SecretsUsedInArgOrEnv": (
+        "Sensitive data should not be used in the ARG or ENV commands",
+        _GO + "secrets-used-in-arg-or-env/",
+        False,
+    ),
+    "InvalidDefaultArgInFrom": (
+        "Default value for global ARG results in an empty or invalid base image name",
+        _GO + "invalid-default-arg-in-from/",
+        False,
+    ),
+    "FromPlatformFlagConstDisallowed": (
+        "FROM --platform flag should not use a constant value",
+        _GO + "from-platform-flag-const-disallowed/",
+        False,
+    ),
+    "CopyIgnoredFile": (
+        "Attempting to Copy file that is excluded by .dockerignore",
+        _GO + "copy-ignored-file/",
+        True,
+    ),
+    "InvalidDefinitionDescription": (
+        "Comment for build stage or argument should follow the format: `# "
+        "<arg/stage name> <description>`. If this is not intended to be a "
+        "description comment, add an empty line or comment between the "
+        "instruction and the comment.",
+        _GO + "invalid-definition-description/",
+        True,
+    ),
+    "ExposeProtoCasing": (
+        "Protocol in EXPOSE instruction should be lowercase",
+        _GO + "expose-proto-casing/",
+        False,
+    ),
+    "ExposeInvalidFormat": (
+        "IP address and host-port mapping should not be used in EXPOSE "
+        "instruction. This will become an error in a future release",
+        _GO + "expose-invalid-format/",
+        False,
+    ),
+}
+
+
 def test_every_rule_of_the_reference_is_in_the_table() -> None:
-    assert set(RULE_NAMES) == set(VIOLATIONS)
+    assert set(RULE_NAMES) == set(VIOLATIONS) == set(BUILDKIT_RULES)
     assert len(RULES) == 22
     for rule in RULES:
-        assert rule.url.startswith("https://docs.docker.com/go/dockerfile/rule/")
-        assert rule.description
+        assert (rule.description, rule.url, rule.experimental) == BUILDKIT_RULES[
+            rule.name
+        ], rule.name
+
+
+@pytest.mark.parametrize("rule", sorted(VIOLATIONS))
+def test_text_and_json_give_buildkits_words(rule: str) -> None:
+    """Each rule's finding, printed as BuildKit's lint prints it (its
+    subrequests/lint Warning.PrintTo and errdefs Source.Print): a blank line,
+    ``WARNING: Rule - URL``, the message, ``FILE:LINE``, the framed lines. The
+    comparison is with BuildKit's source and documentation: the docker here
+    (20.10) has no ``build --check`` to run."""
+    text, line, message = VIOLATIONS[rule]
+    description, url, _ = BUILDKIT_RULES[rule]
+    result = run_lint(text)
+    [finding] = [f for f in result.findings if f.rule == rule]
+    printed = result.text(text, "Dockerfile").split("\n")
+    head = f"WARNING: {rule}" + (f" - {url}" if url else "")
+    assert printed[:4] == ["", head, message, f"Dockerfile:{line}"]
+    assert printed[4] == "-" * 20
+    assert f" {line:>3} | >>> {text.split(chr(10))[line - 1]}" in printed
+    report = finding.to_json()
+    assert (report["rule"], report["url"], report["description"]) == (
+        rule,
+        url,
+        description,
+    )
+    assert report["message"] == message and report["line"] == line
+
+
+def test_text_frame_context_is_buildkits() -> None:
+    """Two lines of context each side of a one-line finding, one for a longer
+    one; the empty line after the final newline counts, as in BuildKit."""
+    text = "FROM busybox\nRUN a\nRUN b\nCMD c\nRUN d\nRUN e\nRUN f\n"
+    printed = lint(text).text(text)
+    assert printed == (
+        "\nWARNING: JSONArgsRecommended - " + _GO + "json-args-recommended/\n"
+        "JSON arguments recommended for CMD to prevent unintended behavior "
+        "related to OS signals\n"
+        "Dockerfile:4\n"
+        "--------------------\n"
+        "   2 |     RUN a\n"
+        "   3 |     RUN b\n"
+        "   4 | >>> CMD c\n"
+        "   5 |     RUN d\n"
+        "   6 |     RUN e\n"
+        "--------------------\n"
+    )
+    text = "FROM busybox\nRUN a && \\\n\n  b\n"
+    printed = lint(text).text(text, "x/Dockerfile").split("\n")
+    assert printed[3:10] == [
+        "x/Dockerfile:2",
+        "--------------------",
+        "   1 |     FROM busybox",
+        "   2 | >>> RUN a && \\",
+        "   3 | >>> ",
+        "   4 | >>>   b",
+        "   5 |     ",
+    ]
+
+
+def test_experimental_rules_run_even_when_skipped() -> None:
+    text = "FROM busybox\nCOPY secret.txt /\nMAINTAINER me\n"
+    found = run_lint("# check=skip=all;experimental=CopyIgnoredFile\n" + text)
+    assert [f.rule for f in found.findings] == ["CopyIgnoredFile"]
+    assert [f.rule for f in run_lint(text).findings] == ["MaintainerDeprecated"]
 
 
 @pytest.mark.parametrize("rule", sorted(VIOLATIONS))
@@ -210,6 +400,14 @@ def test_check_directive_skips_and_sets_error() -> None:
     assert by_arg.findings == [] and not by_arg.failed
 
 
+def test_check_comment_after_the_directive_block_is_a_comment() -> None:
+    """BuildKit reads ``# check=`` only as a parser directive (or the
+    BUILDKIT_DOCKERFILE_CHECK build arg): there is no per-instruction form, so
+    such a comment before an instruction skips nothing."""
+    text = "FROM busybox AS a\n# check=skip=StageNameCasing\nFROM busybox AS Bad\n"
+    assert [f.rule for f in lint(text).findings] == ["StageNameCasing"]
+
+
 def test_bad_check_directive_is_an_error() -> None:
     with pytest.raises(DockerfileError, match="invalid check directive"):
         lint("# check=error=maybe\nFROM busybox\n")
@@ -243,15 +441,21 @@ def test_lint_command_text_and_json(buildpy: Buildpy, tmp_path: Path) -> None:
     )
     bad = write_context(
         tmp_path / "bad",
-        {"Dockerfile": "FROM busybox as b\nCOPY x.key /\n", ".dockerignore": "*.key\n"},
+        {
+            "Dockerfile": "# check=experimental=all\nFROM busybox as b\nCOPY x.key /\n",
+            ".dockerignore": "*.key\n",
+        },
     )
     proc = buildpy.run("lint", "-f", good / "Dockerfile")
     assert (proc.returncode, proc.stdout) == (0, "")
     proc = buildpy.run("lint", "-f", bad / "Dockerfile")
     assert proc.returncode == 0
-    assert f"{bad}/Dockerfile:1: WARNING: FromAsCasing: 'as' and 'FROM'" in proc.stdout
-    assert "hint: The 'as' keyword should match the case" in proc.stdout
-    assert "CopyIgnoredFile" in proc.stdout
+    assert proc.stdout.startswith(
+        f"\nWARNING: FromAsCasing - {_GO}from-as-casing/\n"
+        "'as' and 'FROM' keywords' casing do not match\n"
+        f"{bad}/Dockerfile:2\n"
+    )
+    assert f"\nWARNING: CopyIgnoredFile - {_GO}copy-ignored-file/\n" in proc.stdout
     proc = buildpy.run(
         "lint", "--format", "json", bad / "Dockerfile", good / "Dockerfile"
     )
@@ -261,7 +465,7 @@ def test_lint_command_text_and_json(buildpy: Buildpy, tmp_path: Path) -> None:
         "FromAsCasing",
         "CopyIgnoredFile",
     ]
-    assert report[0]["warnings"][0]["line"] == 1
+    assert report[0]["warnings"][0]["line"] == 2
     assert report[1]["warnings"] == []
 
 
@@ -277,7 +481,8 @@ def test_lint_command_exits_3_on_error_and_parse_failure(
     )
     proc = buildpy.run("lint", "-f", ctx / "Dockerfile", check=False)
     assert proc.returncode == 3
-    assert ": ERROR: FromAsCasing:" in proc.stdout
+    assert "\nWARNING: FromAsCasing - " in proc.stdout
+    assert proc.stdout.endswith("ERROR: lint violation found for rules: FromAsCasing\n")
     proc = buildpy.run("lint", ctx / "broken.Dockerfile", check=False)
     assert proc.returncode == 3
     assert "unterminated heredoc EOF" in proc.stderr
@@ -288,7 +493,8 @@ def test_build_check_lints_without_building(buildpy: Buildpy, tmp_path: Path) ->
         tmp_path / "ctx", {"Dockerfile": "FROM nothing-here AS Base\nRUN exit 1\n"}
     )
     proc = buildpy.run("build", "--check", ctx)
-    assert "StageNameCasing: Stage name 'Base' should be lowercase" in proc.stdout
+    assert "WARNING: StageNameCasing - " in proc.stdout
+    assert "\nStage name 'Base' should be lowercase\n" in proc.stdout
     assert not (buildpy.root / "images").exists()
 
 

@@ -78,6 +78,27 @@ def test_unterminated_heredoc() -> None:
         parse("FROM a\nRUN <<END\nbody\n")
 
 
+def test_heredoc_terminator_inside_a_continued_body_line() -> None:
+    # The body line ends with the escape token, and the terminator looks like
+    # a comment: the lexer read them as one continued instruction, the parser
+    # must still end the heredoc there and read what follows afresh.
+    text = "FROM a\nRUN <<#x\nbody \\\n#x\n\n# c\nRUN <<E\nq\nE\nRUN z\n"
+    ast = parse(text)
+    run, second, last = ast.instructions[1:]
+    assert run.heredocs[0].content == "body \\\n" and run.lines == (2, 4)
+    assert second.heredocs[0].content == "q\n" and second.lines == (7, 9)
+    assert last.lines == (10, 10)
+
+
+def test_comments_and_blanks_between_instructions_keep_positions() -> None:
+    ast = parse("\n# c\n  \nFROM a\n\n  # x\n   RUN x \\\n\n  # c\n  y\n# end\n\n")
+    assert [(n.start_line, n.start_column, n.end_line) for n in ast.instructions] == [
+        (4, 1, 4),
+        (7, 4, 10),
+    ]
+    assert ast.empty_continuations == [8]
+
+
 def test_positions_and_empty_continuation_warning() -> None:
     ast = parse("FROM a\n  RUN a \\\n\n  b\n")
     node = ast.instructions[1]

@@ -88,4 +88,6 @@ def test_lint_hook_passes_good_and_fails_bad_dockerfile(
     bad = pre_commit_run(project, cache)
     assert bad.returncode == 1, bad.stdout
     assert "Failed" in bad.stdout
-    assert "app.Dockerfile:2: ERROR: FromAsCasing:" in bad.stdout
+    assert "WARNING: FromAsCasing - " in bad.stdout
+    assert "app.Dockerfile:2\n" in bad.stdout
+    assert "ERROR: lint violation found for rules: FromAsCasing" in bad.stdout
