@@ -185,7 +185,7 @@ def _export(
             Path(out.dest),
             kind=out.type,
             names=req.tags + ([out.name] if out.name else []),
-            compression=out.compression,
+            compression=out.layer_compression(),
         )
     elif out.type == "tar":
         assert out.dest is not None

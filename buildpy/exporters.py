@@ -28,16 +28,13 @@ from typing import Any, BinaryIO
 from buildpy.engine import LAYER_PREFIX, Engine
 from buildpy.errors import InfraError, UsageError
 from buildpy.images import (
-    LAYER_MEDIA,
     MEDIA_INDEX,
     MEDIA_MANIFEST,
     normalize_ref,
 )
+from buildpy.layerblobs import LayerCompression, compressed_layer, layer_descriptors
 from frontend import BuildPlan
-from snapshotter.compression import compress
 from snapshotter.diff import extract_tree, write_tree
-
-COMPRESSIONS = ("gzip", "zstd", "uncompressed")
 
 
 @dataclass(frozen=True)
@@ -49,6 +46,22 @@ class Output:
     compression: str | None = None
     name: str | None = None
     push: bool = False
+    compression_level: int | None = None
+    force_compression: bool = False
+
+    def layer_compression(self) -> LayerCompression | None:
+        """The compression options given (None when none was: the type's own
+        default applies)."""
+        if (self.compression, self.compression_level) == (None, None) and not (
+            self.force_compression
+        ):
+            return None
+        default = "uncompressed" if self.type == "docker" else "gzip"
+        return LayerCompression(
+            self.compression or default,
+            self.compression_level,
+            self.force_compression,
+        )
 
     @classmethod
     def parse(cls, text: str) -> Output:
@@ -73,18 +86,28 @@ class Output:
         if kind != "image" and not dest:
             raise UsageError(f"invalid --output {text!r}: type={kind} needs dest=PATH")
         compression = fields.pop("compression", None)
-        if compression is not None and compression not in COMPRESSIONS:
-            raise UsageError(
-                f"invalid --output {text!r}: compression must be one of "
-                + ", ".join(COMPRESSIONS)
-            )
+        options = LayerCompression.parse(
+            f"invalid --output {text!r}",
+            compression,
+            fields.pop("compression-level", None),
+            fields.pop("force-compression", None),
+            default="uncompressed" if kind == "docker" else "gzip",
+        )
         name = fields.pop("name", None)
         push = fields.pop("push", "false").lower() in ("true", "1")
         if fields:
             raise UsageError(
                 f"invalid --output {text!r}: unknown key {next(iter(fields))!r}"
             )
-        return cls(type=kind, dest=dest, compression=compression, name=name, push=push)
+        return cls(
+            type=kind,
+            dest=dest,
+            compression=compression,
+            name=name,
+            push=push,
+            compression_level=options.level,
+            force_compression=options.force,
+        )
 
 
 @dataclass(frozen=True)
@@ -93,6 +116,7 @@ class BuiltImage:
     config_digest: str
     config: dict[str, Any]
     layers: list[tuple[str, int]]  # uncompressed (diff ID, size)
+    base_layers: int = 0  # how many of ``layers`` are the base image's
 
 
 def _timestamp(epoch: float) -> str:
@@ -161,6 +185,7 @@ def assemble_image(
         config_digest=manifest["config"]["digest"],
         config=config,
         layers=layers,
+        base_layers=len(base_layers),
     )
 
 
@@ -168,18 +193,9 @@ def assemble_image(
 
 
 def _compressed_layer(
-    engine: Engine, diff_id: str, size: int, kind: str
+    engine: Engine, diff_id: str, size: int, kind: str, level: int | None = None
 ) -> tuple[str, int]:
-    if kind == "uncompressed":
-        return diff_id, size
-    known = engine.images.variant(diff_id, kind)
-    if known is not None:
-        return known
-    with engine.content.open(diff_id) as src, engine.content.writer() as w:
-        compress(src, w, kind)  # type: ignore[arg-type]
-        digest, csize = w.commit()
-    engine.images.record_variant(diff_id, kind, digest, csize)
-    return digest, csize
+    return compressed_layer(engine, diff_id, size, kind, level)
 
 
 def _umask() -> int:
@@ -230,15 +246,21 @@ def write_archive(
     *,
     kind: str,
     names: list[str],
-    compression: str | None,
+    compression: str | LayerCompression | None,
 ) -> str:
     """An OCI image layout in a tar, with docker's manifest.json beside it so that
     both OCI tools and ``docker load`` read it. ``kind`` "docker" defaults to
-    uncompressed layers (as ``docker save``), "oci" to gzip. Returns the digest
-    of the manifest written."""
-    compression = compression or ("uncompressed" if kind == "docker" else "gzip")
-    layers = [_compressed_layer(engine, d, s, compression) for d, s in image.layers]
-    media = LAYER_MEDIA["none" if compression == "uncompressed" else compression]
+    uncompressed layers, all of them (as ``docker save``), "oci" to gzip; base
+    layers keep their blobs unless forced (buildpy/layerblobs.py). Returns the
+    digest of the manifest written."""
+    if compression is None and kind == "docker":
+        compression = LayerCompression("uncompressed", force=True)
+    elif not isinstance(compression, LayerCompression):
+        compression = LayerCompression(compression or "gzip")
+    layer_descs = layer_descriptors(
+        engine, image.layers, compression, keep=range(image.base_layers)
+    )
+    layers = [(d["digest"], d["size"]) for d in layer_descs]
     config_digest = image.config_digest
     manifest = {
         "schemaVersion": 2,
@@ -248,10 +270,11 @@ def write_archive(
             "digest": config_digest,
             "size": engine.content.size(config_digest),
         },
-        "layers": [{"mediaType": media, "digest": d, "size": s} for d, s in layers],
+        "layers": layer_descs,
     }
     manifest_digest, manifest_size = engine.images.put_json(manifest)
-    refs = [normalize_ref(n) for n in names]
+    # -t app:1 and name=app:1 together are one name (umoci refuses a tag twice).
+    refs = list(dict.fromkeys(normalize_ref(n) for n in names))
     descriptors = []
     for ref in refs or [None]:
         descriptor: dict[str, Any] = {

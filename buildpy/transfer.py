@@ -38,7 +38,8 @@ from typing import Any
 from buildpy import config as settings
 from buildpy.engine import Engine, host_platform
 from buildpy.errors import UsageError
-from buildpy.images import LAYER_MEDIA, MEDIA_CONFIG, MEDIA_MANIFEST
+from buildpy.images import MEDIA_CONFIG, MEDIA_MANIFEST
+from buildpy.layerblobs import LayerCompression, layer_descriptors
 from buildpy.reference import DOCKER_HUB, Reference
 from buildpy.registry import (
     INDEX_TYPES,
@@ -60,11 +61,6 @@ _COMPRESSION_OF_MEDIA = {
     "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
     "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
     "application/vnd.docker.image.rootfs.diff.tar": "uncompressed",
-}
-_PUSH_MEDIA = {
-    "uncompressed": LAYER_MEDIA["none"],
-    "gzip": LAYER_MEDIA["gzip"],
-    "zstd": LAYER_MEDIA["zstd"],
 }
 
 
@@ -339,13 +335,17 @@ def push_image(
     text: str,
     settings: RegistrySettings,
     *,
-    compression: str = "gzip",
+    compression: str | LayerCompression = "gzip",
     report: Callable[[str], None] | None = None,
     upload_chunk: int | None = None,
 ) -> Pushed:
-    """Push the local image ``local`` as ``text``; the manifest as pushed."""
-    from buildpy.exporters import _compressed_layer
-
+    """Push the local image ``local`` as ``text``; the manifest as pushed.
+    ``compression`` as a name (``buildpy push --compression``) is forced: every
+    layer in that compression, a blob it already has in it reused. As options
+    (``-o type=image,push=true,...``) a layer that has a compressed blob (the
+    one it was pulled as) sends that blob unless forced (buildpy/layerblobs.py)."""
+    if isinstance(compression, str):
+        compression = LayerCompression(compression, force=True)
     say = report or (lambda _: None)
     ref = Reference.parse(text)
     if ref.digest and not ref.tag:
@@ -353,10 +353,12 @@ def push_image(
     local_digest = engine.images.get(local)
     manifest = engine.images.manifest(local_digest)
     config_desc = manifest["config"]
-    layers = [
-        _compressed_layer(engine, layer["digest"], int(layer["size"]), compression)
-        for layer in manifest["layers"]
-    ]
+    descriptors = layer_descriptors(
+        engine,
+        [(layer["digest"], int(layer["size"])) for layer in manifest["layers"]],
+        compression,
+    )
+    layers = [(d["digest"], int(d["size"])) for d in descriptors]
     _sources_schema(engine)
     lock = threading.Lock()
     with settings.client(ref.api_host, ref.registry) as client:
@@ -393,10 +395,7 @@ def push_image(
                 "digest": config_desc["digest"],
                 "size": int(config_desc["size"]),
             },
-            "layers": [
-                {"mediaType": _PUSH_MEDIA[compression], "digest": d, "size": s}
-                for d, s in layers
-            ],
+            "layers": descriptors,
         }
         data = json.dumps(pushed, separators=(",", ":")).encode()
         digest = client.put_manifest(repo, ref.reference, data, MEDIA_MANIFEST)
@@ -428,7 +427,7 @@ def push_built(engine: Engine, names: list[str], out: Any) -> list[Pushed]:
     if not names:
         raise UsageError("push=true needs a name: give -t NAME or name=REF")
     settings = RegistrySettings.load(engine.root)
-    compression = out.compression or "gzip"
+    compression = out.layer_compression() or LayerCompression("gzip")
     return [
         push_image(engine, name, name, settings, compression=compression)
         for name in names

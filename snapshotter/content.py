@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from snapshotter.errors import BlobNotFound, DigestMismatch, InvalidDigest
+from snapshotter.sparse import write_at
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,11 @@ class BlobWriter:
         if self._file is None:
             raise ValueError("write to a blob writer that is committed or closed")
         self._hash.update(data)
+        # Zero blocks (the holes of a sparse file in a layer) stay holes in the
+        # blob, so positioned writes; commit() sets the size.
+        write_at(self._file.fileno(), data, self._size)
         self._size += len(data)
-        return self._file.write(data)
+        return len(data)
 
     def commit(self, expected: str | None = None) -> Descriptor:
         """Make the blob visible under its digest and return its descriptor.
@@ -96,6 +100,7 @@ class BlobWriter:
             self.descriptor = Descriptor(digest, self._size)
             return self.descriptor
         try:
+            file.truncate(self._size)  # a trailing hole has no size otherwise
             file.flush()
             os.fsync(file.fileno())
         finally:
