@@ -103,7 +103,10 @@ class Case:
 
 
 def _touch_one(context: Path, round_no: int) -> None:
-    (context / "src" / "d050" / "f100.txt").write_text(f"changed {round_no}\n")
+    # Content no engine has seen: the engines share the context, and buildpy's
+    # two ways share one store, so a repeated content would be a cache hit.
+    stamp = time.time_ns()
+    (context / "src" / "d050" / "f100.txt").write_text(f"changed {stamp}\n")
 
 
 ALL_CASES = {

@@ -1,5 +1,5 @@
 import sys
 
-from buildpy.cli import main
+from buildpy.entry import main
 
 sys.exit(main())

@@ -184,10 +184,15 @@ def parser() -> argparse.ArgumentParser:
     return _PARSER[0]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, forwarded: bool = False) -> int:
+    """The CLI; ``forwarded``: buildpy.entry tried the daemon already."""
     from buildpy import client  # the thin client: standard library only
 
-    target = client.forward_target(sys.argv[1:] if argv is None else argv)
+    target = (
+        None
+        if forwarded
+        else client.forward_target(sys.argv[1:] if argv is None else argv)
+    )
     if target is not None:
         code = client.run_cli(target[0], target[1], explicit=target[2])
         if code is not None:

@@ -223,7 +223,7 @@ def test_tcp_client_imports_only_the_standard_library(
         for line in proc.stderr.splitlines()
         if line.startswith("import time:") and "imported package" not in line
     ]
-    ours = {"buildpy", "buildpy.cli", "buildpy.client", "buildpy.errors"}
+    ours = {"buildpy", "buildpy.entry", "buildpy.client"}
     ours |= {"buildpy.remoteclient", "buildpy.tlsaddr"}
     foreign = [
         name

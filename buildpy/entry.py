@@ -1,0 +1,25 @@
+"""The ``buildpy`` command: the thin client first, the engine only when needed.
+
+A command that a daemon runs (BUILDPY_HOST, --addr, or the default socket) never
+imports more than ``buildpy.client`` (standard library only): not even the
+argument parser of ``buildpy.cli``, whose imports cost about as much as the rest
+of a no-op rebuild through the daemon. Everything else goes to
+``buildpy.cli.main``, which parses the flags and runs the engine in-process.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> int:
+    from buildpy import client
+
+    target = client.forward_target(sys.argv[1:])
+    if target is not None:
+        code = client.run_cli(target[0], target[1], explicit=target[2])
+        if code is not None:
+            return code
+    from buildpy.cli import main as embedded
+
+    return embedded(forwarded=target is not None)
