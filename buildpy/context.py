@@ -221,6 +221,16 @@ class ContextHasher:
         )
         return checksum
 
+    def forget(self, root: Path) -> None:
+        """Drop the records of the context directory ``root``: a temporary one
+        (a remote client's materialised context) is never hashed again."""
+        self._records.pop(root, None)
+        with self._lock:
+            self.db.execute(
+                "DELETE FROM context_files WHERE path >= ? AND path < ?",
+                (_key(root) + b"/", _key(root) + b"0"),
+            )
+
     def _load(self, root: Path) -> dict[bytes, _Record]:
         """Every record under ``root``, in one query, once per hasher."""
         if root in self._records:

@@ -721,6 +721,7 @@ def remote_build(argv: list[str]) -> int:
 def _forget_checksums(context: Path) -> None:
     """Drop the context checksum records (buildpy.context) of a session's
     context: its path is never seen again, and they would pile up."""
+    from buildpy.context import ContextHasher
     from buildpy.errors import BuildpyError
     from buildpy.state import State
 
@@ -728,14 +729,10 @@ def _forget_checksums(context: Path) -> None:
         state = State.open(None)
     except BuildpyError:
         return
-    key = os.fsencode(context.resolve())
     try:
-        state.db.execute(
-            "DELETE FROM context_files WHERE path >= ? AND path < ?",
-            (key + b"/", key + b"0"),
-        )
-    except Exception:  # noqa: BLE001 - a table not made yet: nothing to drop
-        pass
+        hasher = ContextHasher(state.db)
+        hasher.init_schema()
+        hasher.forget(context.resolve())
     finally:
         state.close()
 

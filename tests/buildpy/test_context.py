@@ -222,6 +222,19 @@ def test_parents_cover_the_kept_path(db: sqlite3.Connection, ctx: Path) -> None:
     assert h.checksum(ctx, parents, None) != moved
 
 
+def test_forget_drops_a_directorys_records(
+    db: sqlite3.Connection, ctx: Path, reads: list[Path]
+) -> None:
+    write(ctx / "a.txt", "a")
+    hasher(db, clock=settled_clock).checksum(ctx, COPY_ALL, None)
+    reads.clear()
+    hasher(db, clock=settled_clock).checksum(ctx, COPY_ALL, None)
+    assert reads == []  # remembered
+    hasher(db).forget(ctx)
+    hasher(db, clock=settled_clock).checksum(ctx, COPY_ALL, None)
+    assert reads == [ctx / "a.txt"]  # read again
+
+
 def test_missing_source_is_the_users_error(db: sqlite3.Connection, ctx: Path) -> None:
     action = CopyAction(sources=("nope.txt",), dest="/x")
     with pytest.raises(FileOpError, match='"nope.txt" not found in the build context'):
