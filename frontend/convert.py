@@ -71,6 +71,7 @@ from solver.graph import (
 )
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+PIPES_DIR = "/dev/pipes"  # where a RUN's #! heredoc script is mounted (BuildKit's)
 DEFAULT_SHELL = ("/bin/sh", "-c")
 HISTORY_COMMENT = "buildkit.dockerfile.v0"
 _STAGE_NAME_RE = re.compile(r"^[a-z][a-z0-9\-_.]*$")
@@ -674,7 +675,17 @@ class _Converter:
         if not node.args:
             fail("RUN requires at least one argument")
         args = [a for a in node.args if isinstance(a, str)]
-        if not node.json:
+        script = self.shebang_script(args[0], node) if not node.json else None
+        if script is not None:
+            # RUN <<EOF whose body starts with #!: the body is a program of its
+            # own, run from a read-only mount, as BuildKit does (/dev/pipes/NAME).
+            inputs.append(script)
+            name = node.heredocs[0].name
+            mounts += (
+                ExecMount("bind", PIPES_DIR, input=len(inputs) - 1, source="/"),
+            )
+            args = [f"{PIPES_DIR}/{name}"]
+        elif not node.json:
             args = self.shell(stage) + [self.run_script(args[0], node, fail)]
         cwd = stage.inner.get("WorkingDir") or "/"
         op = ExecOp(
@@ -749,13 +760,25 @@ class _Converter:
             env=spec.env or "",
         )
 
+    def shebang_script(self, text: str, node: Instruction) -> Vertex | None:
+        """The file of a ``RUN <<EOF`` whose body starts with ``#!``, on scratch;
+        None for any other RUN."""
+        if len(node.heredocs) != 1 or _heredoc_name(text.strip()) is None:
+            return None
+        doc = node.heredocs[0]
+        if not doc.body.startswith("#!"):
+            return None
+        return Vertex(
+            FileOp((MkfileAction("/" + doc.name, doc.body, mode=0o755),)),
+            (Vertex(ScratchSource(), meta=VertexMeta(name="[internal] scratch")),),
+            meta=VertexMeta(name=f"[internal] heredoc script {doc.name}"),
+        )
+
     def run_script(self, text: str, node: Instruction, fail: _Fail) -> str:
         if not node.heredocs:
             return text
         doc = node.heredocs[0]
         if len(node.heredocs) == 1 and _heredoc_name(text.strip()) is not None:
-            if doc.body.startswith("#!"):
-                fail("RUN with a #! heredoc script is not supported yet")
             return doc.body
         # Anything else goes to the shell as a shell heredoc, bodies included.
         bodies = "".join(f"{d.body}{d.name}\n" for d in node.heredocs)

@@ -292,6 +292,27 @@ def test_network_none_has_only_loopback(busybox: Buildpy, tmp_path):
     assert (out / "nets").read_text().split() == ["lo"]
 
 
+@pytest.mark.parametrize("runtime", ["runc", "builtin"])
+def test_heredoc_with_shebang_runs_as_its_own_program(
+    busybox: Buildpy, tmp_path, runtime: str
+):
+    """RUN <<EOF with #!: the body is a program, run from /dev/pipes (BuildKit's
+    place), not given to the shell; its mount leaves nothing in the layer."""
+    context = write_context(
+        tmp_path / "ctx",
+        {
+            "Dockerfile": "FROM busybox\n"
+            'RUN <<EOF\n#!/bin/sh -e\necho "run as $0" > /out\nEOF\n'
+            "RUN <<-'SCRIPT'\n\t#!/bin/sh\n\techo 'tabs and $HOME kept' >> /out\n"
+            "\tSCRIPT\n"
+        },
+    )
+    out = tmp_path / "out"
+    busybox.build(context, "--oci-runtime", runtime, "-o", f"type=local,dest={out}")
+    assert (out / "out").read_text() == ("run as /dev/pipes/EOF\ntabs and $HOME kept\n")
+    assert list((out / "dev").iterdir()) == []
+
+
 # --- what a user sees when something is wrong -------------------------------------
 
 

@@ -262,6 +262,22 @@ def test_run_single_heredoc_is_the_script() -> None:
     assert plan.final.meta.lines == (2, 5)
 
 
+def test_run_heredoc_with_shebang_is_a_mounted_program() -> None:
+    plan = build("FROM busybox\nRUN <<EOF\n#!/usr/bin/env python3\nprint(1)\nEOF\n")
+    op = plan.final.op
+    assert op.args == ("/dev/pipes/EOF",)
+    (mount,) = op.mounts
+    assert (mount.type, mount.target, mount.source, mount.readonly) == (
+        "bind",
+        "/dev/pipes",
+        "/",
+        True,
+    )
+    script = plan.final.inputs[mount.input].op
+    assert script.actions[0].data == "#!/usr/bin/env python3\nprint(1)\n"
+    assert script.actions[0].mode == 0o755
+
+
 def test_run_heredoc_with_command_goes_to_shell() -> None:
     plan = build("FROM busybox\nRUN cat <<EOF > /f\nhi $X\nEOF\n")
     assert plan.final.op.args == ("/bin/sh", "-c", "cat <<EOF > /f\nhi $X\nEOF\n")
