@@ -25,6 +25,7 @@ from snapshotter.overlay import Snapshotter
 from solver.cachestore import CacheStore
 
 if TYPE_CHECKING:
+    from buildpy.gitsource import GitSources
     from buildpy.httpsource import HttpSources
 
 # Snapshot names: base image layers are named by chain ID (OCI image spec,
@@ -80,6 +81,13 @@ class Engine:
         with self.state.lock:
             sources.init_schema()
         return sources
+
+    @cached_property
+    def git(self) -> GitSources:
+        """The cloner of ``ADD <git url>``, made when a build has one."""
+        from buildpy.gitsource import GitSources
+
+        return GitSources(self.snapshots, self.root / "tmp")
 
     @classmethod
     @contextmanager

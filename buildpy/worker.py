@@ -33,6 +33,7 @@ from solver.graph import (
     CopyAction,
     ExecOp,
     FileOp,
+    GitSource,
     HttpSource,
     ImageSource,
     MkdirAction,
@@ -109,6 +110,17 @@ class BuildWorker:
 
     async def content_checksum(self, vertex: Vertex) -> str | None:
         op = vertex.op
+        if isinstance(op, GitSource):
+            # The commit the ref names is the content (a pinned one is in the op).
+            if op.checksum is not None:
+                return None
+            try:
+                resolved = await self._thread(
+                    self.engine.git.resolve, op.remote, op.ref
+                )
+            except BuildpyError as exc:  # gitsource.GitError
+                raise ExecutionError(str(exc)) from exc
+            return resolved.checksum()
         if isinstance(op, HttpSource) and op.checksum is None:
             # No digest pinned: the key needs the content, so fetch it now.
             try:
@@ -167,6 +179,18 @@ class BuildWorker:
                 return SCRATCH_RESULT
             if isinstance(op, ImageSource):
                 return await self._thread(self.engine.image_snapshot, op.digest)
+            if isinstance(op, GitSource):
+                try:
+                    return await self._thread(
+                        self.engine.git.snapshot,
+                        op.remote,
+                        op.ref,
+                        op.subdir,
+                        op.keep_git_dir,
+                        op.checksum,
+                    )
+                except BuildpyError as exc:  # gitsource.GitError
+                    raise ExecutionError(str(exc)) from exc
             if isinstance(op, HttpSource):
                 try:
                     return await self._thread(

@@ -61,6 +61,7 @@ from solver.graph import (
     ExecMount,
     ExecOp,
     FileOp,
+    GitSource,
     HttpSource,
     ImageSource,
     MkdirAction,
@@ -71,6 +72,8 @@ from solver.graph import (
 )
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# A git source, as BuildKit tells one from a URL of a file.
+_GIT_SOURCE = r"^git://|^git@|^ssh://|^https?://[^#]*\.git(#.*)?$"
 PIPES_DIR = "/dev/pipes"  # where a RUN's #! heredoc script is mounted (BuildKit's)
 DEFAULT_SHELL = ("/bin/sh", "-c")
 HISTORY_COMMENT = "buildkit.dockerfile.v0"
@@ -681,9 +684,7 @@ class _Converter:
             # own, run from a read-only mount, as BuildKit does (/dev/pipes/NAME).
             inputs.append(script)
             name = node.heredocs[0].name
-            mounts += (
-                ExecMount("bind", PIPES_DIR, input=len(inputs) - 1, source="/"),
-            )
+            mounts += (ExecMount("bind", PIPES_DIR, input=len(inputs) - 1, source="/"),)
             args = [f"{PIPES_DIR}/{name}"]
         elif not node.json:
             args = self.shell(stage) + [self.run_script(args[0], node, fail)]
@@ -816,6 +817,7 @@ class _Converter:
         heredocs = {d.name: d for d in node.heredocs}
         sources: list[str] = []
         urls: list[str] = []
+        gits: list[str] = []
         files: list[tuple[str, str]] = []
         for word in words[:-1]:
             doc = heredocs.get(_heredoc_name(word) or "")
@@ -826,8 +828,11 @@ class _Converter:
                 files.append((doc.name, data))
                 continue
             source = self.expand(word, env, fail)
-            if re.match(r"^git://|^git@|^https?://.*\.git(#.*)?$", source):
-                fail(f"{keyword} of a git repository is not supported yet")
+            if re.match(_GIT_SOURCE, source):
+                if not is_add:
+                    fail("source can't be a git ref for COPY")
+                gits.append(source)
+                continue
             if re.match(r"^https?://", source):
                 if not is_add:
                     fail("source can't be a URL for COPY")
@@ -840,14 +845,15 @@ class _Converter:
                 checksum = check_checksum(self.expand(flags["checksum"], env, fail))
             except FlagError as exc:
                 fail(exc.message)
-            if not urls:
+            if not urls and not gits:
                 fail("ADD --checksum can only be used with URL and git sources")
-            if sources or len(urls) > 1:
+            if sources or len(urls) + len(gits) > 1:
                 fail("ADD --checksum can only be used with a single URL source")
-            if not checksum.startswith("sha256:"):
+            if urls and not checksum.startswith("sha256:"):
                 fail(f"ADD --checksum of a URL must be sha256:<hex>, not {checksum!r}")
-        # --link gives the same files (only the cache differs in BuildKit) and
-        # --keep-git-dir matters for git sources only: both are accepted.
+            if gits and checksum.startswith("sha"):
+                fail(f"ADD --checksum of a git source is a commit, not {checksum!r}")
+        # --link gives the same files (only the cache differs in BuildKit).
         raw_dest = self.expand(words[-1], env, fail)
         dest = self.resolve_dest(stage, raw_dest)
         if len(words) > 2 and not dest.endswith("/"):
@@ -866,6 +872,28 @@ class _Converter:
             mode = int(chmod, 8) if chmod else 0o644
             actions.append(MkfileAction(path, data, mode=mode, owner=chown))
         inputs = [stage.root]
+        for git in gits:
+            # ADD <git url>#ref:subdir: the tree at ref, from a vertex of its own
+            # (the worker clones it: buildpy/gitsource.py); its contents go to dest.
+            remote, _, fragment = git.partition("#")
+            ref, _, subdir = fragment.partition(":")
+            inputs.append(
+                Vertex(
+                    GitSource(
+                        remote,
+                        ref,
+                        subdir.strip("/"),
+                        keep_git_dir=bool(flags.get("keep-git-dir", False)),
+                        checksum=checksum,
+                    ),
+                    meta=VertexMeta(name=f"[internal] git {git}"),
+                )
+            )
+            actions.append(
+                CopyAction(
+                    ("/",), dest, source=len(inputs) - 1, chown=chown, chmod=chmod
+                )
+            )
         for url in urls:
             # ADD <url>: the file, named after the URL's path, from a vertex of
             # its own (the worker fetches it: buildpy/httpsource.py).

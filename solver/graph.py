@@ -20,7 +20,7 @@ display name, the stage, the Dockerfile lines) never enters a digest: renaming a
 stage or moving an instruction to another line must not invalidate anything.
 
 Inputs by op:
-- ImageSource, ScratchSource, ContextSource, HttpSource: no inputs.
+- ImageSource, ScratchSource, ContextSource, HttpSource, GitSource: no inputs.
 - ExecOp: inputs[0] is the root filesystem the process runs on; a mount's
   ``input`` names a further input (another stage, an image, the context).
 - FileOp: inputs[0] is the filesystem the actions change; a CopyAction reads
@@ -119,6 +119,21 @@ class HttpSource(Op):
     kind: ClassVar[str] = "http"
     url: str
     filename: str
+    checksum: str | None = None
+
+
+@dataclass(frozen=True)
+class GitSource(Op):
+    """A git repository of ``ADD <git url>``: its result holds the files of
+    ``subdir`` at ``ref`` (with ``.git`` when ``keep_git_dir``). ``checksum``
+    (ADD --checksum) pins the commit; without it the worker reports the commit
+    the ref names as a checksum."""
+
+    kind: ClassVar[str] = "git"
+    remote: str
+    ref: str = ""
+    subdir: str = ""
+    keep_git_dir: bool = False
     checksum: str | None = None
 
 

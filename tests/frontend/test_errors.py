@@ -121,9 +121,18 @@ ERRORS = [
         "destination must be a directory and end with a /",
     ),
     (
-        "FROM busybox\nADD git@github.com:moby/buildkit.git /src\n",
+        "FROM busybox\nCOPY git@github.com:moby/buildkit.git /src\n",
         {},
-        "Dockerfile:2:1: ADD of a git repository is not supported yet",
+        "Dockerfile:2:1: source can't be a git ref for COPY",
+    ),
+    (
+        "FROM busybox\nADD --checksum=sha256:"
+        + "0" * 64
+        + " https://example.com/r.git /src\n",
+        {},
+        "Dockerfile:2:1: ADD --checksum of a git source is a commit, not 'sha256:"
+        + "0" * 64
+        + "'",
     ),
     (
         "FROM busybox\nCOPY https://example.com/x /x\n",
