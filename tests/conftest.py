@@ -9,8 +9,11 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,21 @@ REPO = Path(__file__).resolve().parent.parent
 # No test may reach a registry beyond this machine: a FROM of an image the store
 # lacks would otherwise try Docker Hub. Every buildpy process inherits this.
 os.environ["BUILDPY_REGISTRY_ALLOW"] = "loopback"
+
+
+@contextmanager
+def http_server(handler: Callable[..., BaseHTTPRequestHandler]) -> Iterator[int]:
+    """A threaded HTTP server on 127.0.0.1 with a free port, serving with
+    ``handler``; yields the port. Stopped and joined on exit, also on failure."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 def unmount_all(path: Path) -> None:

@@ -8,14 +8,13 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Buildpy, write_context
+from tests.conftest import Buildpy, http_server, write_context
 
 ENV = {
     **os.environ,
@@ -56,16 +55,8 @@ def repo(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     served.mkdir()
     git("clone", "-q", "--bare", str(work), str(served / "repo.git"), cwd=tmp_path)
     git("update-server-info", cwd=served / "repo.git")
-    handler = functools.partial(_Quiet, directory=str(served))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/repo.git", work
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with http_server(functools.partial(_Quiet, directory=str(served))) as port:
+        yield f"http://127.0.0.1:{port}/repo.git", work
 
 
 def push(work: Path, bare: Path) -> None:

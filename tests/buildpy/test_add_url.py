@@ -11,15 +11,14 @@ import hashlib
 import io
 import os
 import tarfile
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import Buildpy, write_context
+from tests.conftest import Buildpy, http_server, write_context
 
 MODIFIED = 1_600_000_000  # 2020-09-13, the Last-Modified of every served file
 
@@ -65,15 +64,8 @@ def _handler(files: Files) -> type[BaseHTTPRequestHandler]:
 @pytest.fixture
 def served() -> Iterator[tuple[str, Files]]:
     files = Files()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(files))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", files
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with http_server(_handler(files)) as port:
+        yield f"http://127.0.0.1:{port}", files
 
 
 def _tarball() -> bytes:

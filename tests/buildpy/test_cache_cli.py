@@ -10,13 +10,13 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 import xxhash
 
-from tests.conftest import REPO, Buildpy, write_context
+from tests.conftest import REPO, Buildpy, http_server, write_context
 
 DOCKERFILE = """\
 FROM busybox
@@ -251,16 +251,11 @@ def gate() -> Iterator[tuple[int, type[_Gate]]]:
     handler = type(
         "Gate", (_Gate,), {"release": threading.Event(), "arrived": threading.Event()}
     )
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1], handler
-    finally:
-        handler.release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with http_server(handler) as port:
+        try:
+            yield port, handler
+        finally:
+            handler.release.set()  # before the server stops: no handler waits
 
 
 def test_two_build_processes_share_a_step(

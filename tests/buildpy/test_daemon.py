@@ -358,11 +358,12 @@ def test_socket_mode_and_ping(daemon: Daemon):
     assert version["Pid"] == daemon.proc.pid
 
 
-def test_client_imports_only_the_standard_library(daemon: Daemon):
-    # -S: no site-packages hooks; the repository is on sys.path as the cwd.
+def client_imports(*args: str) -> list[str]:
+    """The modules ``python -S -m buildpy ARGS`` imports (-X importtime), after
+    checking that it listed the images; -S: no site hooks, the repository is on
+    sys.path as the cwd."""
     proc = subprocess.run(
-        [sys.executable, "-S", "-X", "importtime", "-m", "buildpy"]
-        + ["--addr", daemon.addr, "images"],
+        [sys.executable, "-S", "-X", "importtime", "-m", "buildpy", *args, "images"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -370,20 +371,28 @@ def test_client_imports_only_the_standard_library(daemon: Daemon):
     )
     assert proc.returncode == 0, proc.stderr
     assert "REPOSITORY" in proc.stdout
-    imported = [
+    return [
         line.split("|")[2].strip()
         for line in proc.stderr.splitlines()
         if line.startswith("import time:") and "imported package" not in line
     ]
-    allowed = {"buildpy", "buildpy.entry", "buildpy.client"}
-    foreign = [
+
+
+def foreign_modules(imported: list[str], ours: set[str]) -> list[str]:
+    """Those of ``imported`` that are neither ``ours`` nor the standard library's."""
+    return [
         name
         for name in imported
-        if name not in allowed and name.split(".")[0] not in sys.stdlib_module_names
+        if name not in ours and name.split(".")[0] not in sys.stdlib_module_names
     ]
+
+
+def test_client_imports_only_the_standard_library(daemon: Daemon):
+    imported = client_imports("--addr", daemon.addr)
     assert "buildpy.client" in imported
     assert "buildpy.cli" not in imported  # not even the argument parser
-    assert foreign == []
+    ours = {"buildpy", "buildpy.entry", "buildpy.client"}
+    assert foreign_modules(imported, ours) == []
 
 
 def test_api_images_inspect_build(busybox: Buildpy, daemon: Daemon, tmp_path):

@@ -20,7 +20,12 @@ from pathlib import Path
 import pytest
 
 from buildpy import remoteclient
-from tests.buildpy.test_daemon import processes_of, start_daemon
+from tests.buildpy.test_daemon import (
+    client_imports,
+    foreign_modules,
+    processes_of,
+    start_daemon,
+)
 from tests.conftest import REPO, Buildpy, mounts_under
 
 SDE = {"SOURCE_DATE_EPOCH": "1700000000"}  # the same image ID from two builds
@@ -206,32 +211,20 @@ def test_tls_client_certificates(
 def test_tcp_client_imports_only_the_standard_library(
     tcp_daemon: TcpDaemon, certs: Path
 ):
-    proc = subprocess.run(
-        [sys.executable, "-S", "-X", "importtime", "-m", "buildpy"]
-        + ["--addr", tcp_daemon.addr, "--tlscacert", str(certs / "ca.pem")]
-        + ["--tlscert", str(certs / "client-cert.pem")]
-        + ["--tlskey", str(certs / "client-key.pem"), "images"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
+    imported = client_imports(
+        "--addr",
+        tcp_daemon.addr,
+        "--tlscacert",
+        str(certs / "ca.pem"),
+        "--tlscert",
+        str(certs / "client-cert.pem"),
+        "--tlskey",
+        str(certs / "client-key.pem"),
     )
-    assert proc.returncode == 0, proc.stderr
-    assert "REPOSITORY" in proc.stdout
-    imported = [
-        line.split("|")[2].strip()
-        for line in proc.stderr.splitlines()
-        if line.startswith("import time:") and "imported package" not in line
-    ]
+    assert "buildpy.remoteclient" in imported
     ours = {"buildpy", "buildpy.entry", "buildpy.client"}
     ours |= {"buildpy.remoteclient", "buildpy.tlsaddr"}
-    foreign = [
-        name
-        for name in imported
-        if name not in ours and name.split(".")[0] not in sys.stdlib_module_names
-    ]
-    assert "buildpy.remoteclient" in imported
-    assert foreign == []
+    assert foreign_modules(imported, ours) == []
 
 
 def _big_context(root: Path) -> tuple[int, int]:
