@@ -36,6 +36,7 @@ class Step:
     status: str  # "cached", "ran", "would run" (dry run) or "unused"
     record: VertexRecord | None
     bytes_written: int
+    source: str | None = None  # the --cache-from a cached step's record came from
 
     @property
     def wall(self) -> float:
@@ -72,7 +73,12 @@ def steps(engine: Engine | None, solved: SolveResult) -> list[Step]:
         written = 0
         if engine is not None and status == "ran" and record is not None:
             written = _bytes_written(engine, record.result)
-        out.append(Step(vertex, status, record, written))
+        source = None
+        imported = None if engine is None else engine.imported
+        if status == "cached" and record is not None and imported is not None:
+            if imported.owns(record.result):  # buildpy.cacheio's placeholder
+                source = imported.source_of(record.key)
+        out.append(Step(vertex, status, record, written, source))
     return out
 
 
@@ -127,6 +133,8 @@ def step_entry(step: Step) -> dict[str, Any]:
     }
     if step.vertex.meta.stage:
         entry["stage"] = step.vertex.meta.stage
+    if step.source is not None:
+        entry["cache_source"] = step.source
     return entry
 
 

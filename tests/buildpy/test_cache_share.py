@@ -98,6 +98,14 @@ def test_local_export_import_runs_nothing_and_gives_the_same_image(
     assert set(second.values()) == {"cached"}, second
     # Same image ID and layers as the first store's.
     assert _image(other, "app") == _image(busybox, "app")
+    # The metadata names the cache each hit came from.
+    doc = json.loads((ctx.parent / "m2.json").read_text())
+    sources = {
+        s.get("cache_source")
+        for s in doc["buildpy.steps"]
+        if s["status"] == "cached" and not s["name"].startswith("[internal]")
+    }
+    assert sources == {f"type=local,src={cache}"}
 
 
 def test_only_needed_layers_are_fetched(
