@@ -252,6 +252,47 @@ def _pump(resp: http.client.HTTPResponse, out: BinaryIO, err: BinaryIO) -> int |
         target.flush()
 
 
+def post_cli(conn: http.client.HTTPConnection, addr: str, body: Any) -> int:
+    """``POST /cli`` on a connected ``conn`` (Unix socket or TLS): the command's
+    frames to our streams, its exit code. Ctrl-C closes our half of the
+    connection, which makes the daemon interrupt the command; its clean-up
+    output and exit code still come back, as when it runs embedded. Raises
+    OSError or HTTPException when the connection fails."""
+    out = sys.stdout.buffer
+    err = sys.stderr.buffer
+    sys.stdout.flush()
+    sys.stderr.flush()
+    resp = None
+    try:
+        conn.request(
+            "POST",
+            "/cli",
+            body=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        resp = conn.getresponse()
+        if resp.status != 200:
+            message = resp.read().decode(errors="replace").strip()
+            print(f"ERROR: the buildpy daemon at {addr}: {message}", file=sys.stderr)
+            return EXIT_INFRA
+        code = _pump(resp, out, err)
+    except KeyboardInterrupt:
+        code = None
+        try:
+            if conn.sock is not None:
+                # The plain socket's shutdown: on TLS, SSLSocket.shutdown would
+                # drop the state that the rest of the answer still needs.
+                socket.socket.shutdown(conn.sock, socket.SHUT_WR)
+            if resp is not None:
+                code = _pump(resp, out, err)
+        except (KeyboardInterrupt, OSError, http.client.HTTPException):
+            code = None
+        if code is None:
+            print("buildpy: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+    return _lost(addr) if code is None else code
+
+
 def run_cli(addr: str, argv: Sequence[str], *, explicit: bool = True) -> int | None:
     """Run ``buildpy ARGV`` in the daemon at ``addr``; its exit code. None when the
     default socket (``explicit`` False) refuses connections: a stale socket of a
@@ -288,42 +329,8 @@ def run_cli(addr: str, argv: Sequence[str], *, explicit: bool = True) -> int | N
             file=sys.stderr,
         )
         return EXIT_INFRA
-    out = sys.stdout.buffer
-    err = sys.stderr.buffer
-    sys.stdout.flush()
-    sys.stderr.flush()
     try:
-        try:
-            conn.request(
-                "POST",
-                "/cli",
-                body=json.dumps(body).encode(),
-                headers={"Content-Type": "application/json"},
-            )
-            resp = conn.getresponse()
-            if resp.status != 200:
-                message = resp.read().decode(errors="replace").strip()
-                print(
-                    f"ERROR: the buildpy daemon at {addr}: {message}", file=sys.stderr
-                )
-                return EXIT_INFRA
-            code = _pump(resp, out, err)
-        except KeyboardInterrupt:
-            # As embedded: the command is interrupted, cleans up and says so.
-            try:
-                if conn.sock is not None:
-                    conn.sock.shutdown(socket.SHUT_WR)
-                code = _pump(resp, out, err)  # type: ignore[possibly-undefined]
-            except KeyboardInterrupt:
-                print("buildpy: interrupted", file=sys.stderr)
-                return EXIT_INTERRUPTED
-            except (OSError, NameError, http.client.HTTPException):
-                print("buildpy: interrupted", file=sys.stderr)
-                return EXIT_INTERRUPTED
-            if code is None:
-                print("buildpy: interrupted", file=sys.stderr)
-                return EXIT_INTERRUPTED
-        return _lost(addr) if code is None else code
+        return post_cli(conn, addr, body)
     except (OSError, http.client.HTTPException):
         return _lost(addr)
     finally:

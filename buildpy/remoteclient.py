@@ -42,7 +42,6 @@ import http.client
 import json
 import os
 import re
-import socket
 import ssl
 import stat
 import sys
@@ -597,9 +596,7 @@ def run_cli(addr: str, argv: Sequence[str]) -> int:
                 "size": list(client._size()),
             },
         }
-        sys.stdout.flush()
-        sys.stderr.flush()
-        return _run_command(conn, addr, body)
+        return client.post_cli(conn, addr, body)
     except ssl.SSLError as exc:
         return _tls_failure(addr, exc)
     except SyncError as exc:
@@ -612,42 +609,6 @@ def run_cli(addr: str, argv: Sequence[str]) -> int:
         return client._lost(addr)
     finally:
         conn.close()
-
-
-def _run_command(
-    conn: http.client.HTTPSConnection, addr: str, body: dict[str, Any]
-) -> int:
-    """``POST /cli``: the command's frames to our streams, its exit code."""
-    out = sys.stdout.buffer
-    err = sys.stderr.buffer
-    conn.request(
-        "POST",
-        "/cli",
-        body=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    resp = conn.getresponse()
-    if resp.status != 200:
-        message = resp.read().decode(errors="replace").strip()
-        print(f"ERROR: the buildpy daemon at {addr}: {message}", file=sys.stderr)
-        return client.EXIT_INFRA
-    try:
-        code = client._pump(resp, out, err)
-    except KeyboardInterrupt:
-        # As over the Unix socket: the daemon interrupts the command, whose
-        # clean-up output and exit code still come back.
-        try:
-            if conn.sock is not None:
-                # The plain socket's shutdown: SSLSocket.shutdown would drop
-                # the TLS state that the rest of the answer still needs.
-                socket.socket.shutdown(conn.sock, socket.SHUT_WR)
-            code = client._pump(resp, out, err)
-        except (KeyboardInterrupt, OSError, http.client.HTTPException):
-            code = None
-        if code is None:
-            print("buildpy: interrupted", file=sys.stderr)
-            return client.EXIT_INTERRUPTED
-    return client._lost(addr) if code is None else code
 
 
 __all__ = [

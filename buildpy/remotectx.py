@@ -59,6 +59,7 @@ from buildpy.daemon import (
     DaemonError,
     _ConnectionDone,
     _HttpError,
+    _json_body,
     _send_json,
 )
 from buildpy.remoteclient import PASS_ENV
@@ -391,24 +392,14 @@ async def _route(
     else:
         data = await body.all(MAX_BODY)
         if method == "POST" and path == "/context/plan":
-            await _send_json(tls, conn, 200, await _plan(daemon, _object(data)))
+            await _send_json(tls, conn, 200, await _plan(daemon, _json_body(data)))
         elif method == "POST" and path == "/context/needs":
-            answer = await _needs(daemon, session, _object(data))
+            answer = await _needs(daemon, session, _json_body(data))
             await _send_json(tls, conn, 200, answer)
         elif method == "POST" and path == "/cli":
-            await _cli(daemon, store, session, tls, conn, _object(data))
+            await _cli(daemon, store, session, tls, conn, _json_body(data))
         else:  # the endpoints of the Unix socket, as they are
             await daemon._route(tls, conn, req, data)  # type: ignore[arg-type]
-
-
-def _object(data: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(data or b"{}")
-    except ValueError:
-        raise _HttpError(400, "the request body is not JSON") from None
-    if not isinstance(value, dict):
-        raise _HttpError(400, "expected a JSON object")
-    return value
 
 
 def _argv(body: dict[str, Any]) -> list[str]:
