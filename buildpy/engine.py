@@ -20,7 +20,6 @@ from frontend import ResolvedImage
 from snapshotter.compression import open_decompressed
 from snapshotter.content import ContentStore
 from snapshotter.diff import apply_layer, layer_is_empty, write_layer
-from snapshotter.errors import SnapshotError
 from snapshotter.overlay import Snapshotter
 from solver.cachestore import CacheStore
 
@@ -182,19 +181,16 @@ class Engine:
         return result if self.imported is None else self.imported.materialize(result)
 
     def snapshots_exist(self, names: Collection[str]) -> set[str]:
-        """snapshot_exists of many names at once (a rebuild's lookups)."""
+        """Those of ``names`` that are usable results: the context, a record of an
+        imported cache (buildpy.cacheio) that its cache still has, or a snapshot
+        recorded with its whole chain. One call for a rebuild's lookups."""
         special = {n for n in names if n in ("", "context")}
-        if self.imported is not None:  # --cache-from records (buildpy.cacheio)
+        if self.imported is not None:
             imported = self.imported
-            special |= {n for n in names if imported.owns(n) and imported.has(n)}
+            owned = {n for n in names if imported.owns(n)}
+            special |= {n for n in owned if imported.has(n)}
+            names = [n for n in names if n not in owned]
         return special | self.snapshots.complete([n for n in names if n not in special])
 
     def snapshot_exists(self, name: str) -> bool:
-        if name in ("", "context"):
-            return True
-        if self.imported is not None and self.imported.owns(name):
-            return bool(self.imported.has(name))
-        try:
-            return all(self.snapshots.exists(n) for n in self.snapshots.chain(name))
-        except SnapshotError:  # a broken chain is a missing result: rebuild it
-            return False
+        return name in self.snapshots_exist((name,))
