@@ -31,8 +31,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from buildpy.errors import BuildpyError
-from buildpy.reference import is_local_host
-from buildpy.registry import ALLOW_ENV
+from buildpy.registry import refusal
 from snapshotter.overlay import Snapshotter
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -81,11 +80,9 @@ class GitSources:
         self._resolved: dict[tuple[str, str], Resolved] = {}
 
     def _check_allowed(self, remote: str) -> None:
-        if os.environ.get(ALLOW_ENV) == "loopback" and not is_local_host(_host(remote)):
-            raise GitError(
-                f"ADD {remote}: refusing to contact {_host(remote)}: "
-                f"{ALLOW_ENV}=loopback allows only this machine"
-            )
+        reason = refusal(_host(remote))  # the registry client's network guard
+        if reason is not None:
+            raise GitError(f"ADD {remote}: {reason}")
 
     def resolve(self, remote: str, ref: str) -> Resolved:
         """The commit ``ref`` names on ``remote`` (HEAD when empty)."""

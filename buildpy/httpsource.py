@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 
 from buildpy.errors import BuildpyError
-from buildpy.registry import RegistryError, _check_allowed
+from buildpy.registry import RegistryError, check_allowed
 from snapshotter.content import ContentStore
 from snapshotter.errors import DigestMismatch
 from snapshotter.overlay import Snapshotter
@@ -117,7 +117,7 @@ class HttpSources:
             with httpx.Client(
                 follow_redirects=True,
                 timeout=httpx.Timeout(30.0, read=300.0),
-                event_hooks={"request": [_check_allowed]},
+                event_hooks={"request": [check_allowed]},
                 headers={"User-Agent": "buildpy"},
             ) as client:
                 with client.stream("GET", url, headers=headers) as resp:

@@ -190,18 +190,24 @@ def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 ALLOW_ENV = "BUILDPY_REGISTRY_ALLOW"
 
 
-def _check_allowed(request: httpx.Request) -> None:
-    """With BUILDPY_REGISTRY_ALLOW=loopback, refuse every request that would leave
-    this machine: token realms and blob redirects included, since each request is
-    checked, not just the registry's name. The test suite sets it so that no code
-    path (a mirror's fallback to Docker Hub, say) can reach the internet."""
+def refusal(host: str) -> str | None:
+    """Why ``host`` may not be contacted, or None: with
+    BUILDPY_REGISTRY_ALLOW=loopback only this machine may be. The test suite sets
+    it so that no code path (a mirror's fallback to Docker Hub, say) can reach
+    the internet; registries, ADD <url> and ADD <git url> all ask."""
     if os.environ.get(ALLOW_ENV) != "loopback":
-        return
-    host = request.url.host
-    if not is_local_host(f"[{host}]" if ":" in host else host):
-        raise RegistryError(
-            f"refusing to contact {host}: {ALLOW_ENV}=loopback allows only this machine"
-        )
+        return None
+    if is_local_host(f"[{host}]" if ":" in host else host):
+        return None
+    return f"refusing to contact {host}: {ALLOW_ENV}=loopback allows only this machine"
+
+
+def check_allowed(request: httpx.Request) -> None:
+    """httpx's request hook: every request is checked, token realms and blob
+    redirects included, not just the registry's name."""
+    reason = refusal(request.url.host)
+    if reason is not None:
+        raise RegistryError(reason)
 
 
 class RegistryClient:
@@ -235,7 +241,7 @@ class RegistryClient:
             verify=not insecure,
             follow_redirects=True,
             limits=httpx.Limits(max_connections=16, max_keepalive_connections=16),
-            event_hooks={"request": [_check_allowed]},
+            event_hooks={"request": [check_allowed]},
         )
         self._fallback_checked = plain or not insecure
 
