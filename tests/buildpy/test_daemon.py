@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -62,38 +63,51 @@ def processes_of(root: Path) -> list[str]:
 @dataclass
 class Daemon:
     proc: subprocess.Popen[str]
-    addr: str
+    addr: str  # as the daemon says it listens (a tcp port 0 made concrete)
     log: list[str]
 
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
+        try:
+            return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
 
 
-def start_daemon(root: Path, socket_path: Path) -> Daemon:
-    addr = f"unix://{socket_path}"
+D = TypeVar("D", bound=Daemon)
+
+
+def launch_daemon(root: Path, addr: str, *flags: str, kind: type[D] = Daemon) -> D:
+    """``buildpy serve --addr ADDR FLAGS --root ROOT``, once it listens; its
+    stderr is collected in ``log``."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "buildpy", "serve", "--addr", addr, "--root", str(root)],
+        [sys.executable, "-m", "buildpy", "serve", "--addr", addr, *flags]
+        + ["--root", str(root)],
         stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
     )
-    log: list[str] = []
     assert proc.stderr is not None
     first = proc.stderr.readline()  # the daemon says so once it listens
-    log.append(first)
+    log = [first]
+    match = re.search(r"listening on (\S+)", first)
+    if match is None:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"buildpy serve did not start: {first}")
 
     def drain() -> None:
         assert proc.stderr is not None
         log.extend(proc.stderr)
 
     threading.Thread(target=drain, daemon=True).start()
-    if "listening on" not in first:
-        proc.kill()
-        proc.wait()
-        raise AssertionError(f"buildpy serve did not start: {first}")
-    return Daemon(proc, addr, log)
+    return kind(proc, match.group(1), log)  # type: ignore[return-value]
+
+
+def start_daemon(root: Path, socket_path: Path) -> Daemon:
+    return launch_daemon(root, f"unix://{socket_path}")
 
 
 @pytest.fixture

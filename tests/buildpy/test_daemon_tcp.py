@@ -9,24 +9,22 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import subprocess
-import sys
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from buildpy import remoteclient
 from tests.buildpy.test_daemon import (
+    Daemon,
     client_imports,
     foreign_modules,
+    launch_daemon,
     processes_of,
     start_daemon,
 )
-from tests.conftest import REPO, Buildpy, mounts_under
+from tests.conftest import Buildpy, mounts_under
 
 SDE = {"SOURCE_DATE_EPOCH": "1700000000"}  # the same image ID from two builds
 
@@ -72,21 +70,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-@dataclass
-class TcpDaemon:
-    proc: subprocess.Popen[str]
-    addr: str
-    log: list[str]
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
+class TcpDaemon(Daemon):
     def received(self) -> list[tuple[int, int, int]]:
         """(entries, files, bytes) of each context the daemon received."""
         found = re.findall(
@@ -98,35 +82,23 @@ class TcpDaemon:
 
 @pytest.fixture
 def tcp_daemon(busybox: Buildpy, certs: Path) -> Iterator[TcpDaemon]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "buildpy", "serve", "--addr", "tcp://127.0.0.1:0"]
-        + ["--tlscacert", str(certs / "ca.pem")]
-        + ["--tlscert", str(certs / "server-cert.pem")]
-        + ["--tlskey", str(certs / "server-key.pem"), "--root", str(busybox.root)],
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
+    d = launch_daemon(
+        busybox.root,
+        "tcp://127.0.0.1:0",
+        "--tlscacert",
+        str(certs / "ca.pem"),
+        "--tlscert",
+        str(certs / "server-cert.pem"),
+        "--tlskey",
+        str(certs / "server-key.pem"),
+        kind=TcpDaemon,
     )
-    assert proc.stderr is not None
-    first = proc.stderr.readline()
-    log = [first]
-    match = re.search(r"listening on (tcp://127\.0\.0\.1:\d+)", first)
-    if match is None:
-        proc.kill()
-        proc.wait()
-        raise AssertionError(f"buildpy serve did not start: {first}")
-
-    def drain() -> None:
-        assert proc.stderr is not None
-        log.extend(proc.stderr)
-
-    threading.Thread(target=drain, daemon=True).start()
-    d = TcpDaemon(proc, match.group(1), log)
+    assert re.fullmatch(r"tcp://127\.0\.0\.1:\d+", d.addr), d.log
     try:
         yield d
     finally:
-        assert d.stop() == 0, "".join(log)
-    assert processes_of(busybox.root) == [], "".join(log)
+        assert d.stop() == 0, "".join(d.log)
+    assert processes_of(busybox.root) == [], "".join(d.log)
     assert list((busybox.root / "remote/sessions").iterdir()) == []
 
 
