@@ -62,6 +62,7 @@ import trio
 from buildpy import client
 from buildpy.errors import BuildpyError, InfraError, UsageError
 from buildpy.state import State, default_root
+from runtime import _libc
 
 GRACE = 10.0  # seconds between SIGINT and SIGKILL of a canceled command
 MAX_BODY = 1 << 20
@@ -212,19 +213,29 @@ class Daemon:
     # --- life cycle ------------------------------------------------------------
 
     async def run(self, listener: socket.socket | None = None) -> None:
+        # The commands' processes are orphans by design (zygote.py forks twice):
+        # they become ours, not init's, and are reaped here, also where init
+        # reaps nothing (buildpy serve as a container's first process).
+        _libc.prctl(_libc.PR_SET_CHILD_SUBREAPER, 1)
         await self._start_zygote()
         # Held for the daemon's life, unused, so that a command's connection to the
         # store's database is never the last one: SQLite checkpoints the WAL when
         # the last connection closes, which every no-op build would pay for.
         keep = State.open(self.root)
+        try:
+            async with trio.open_nursery() as reaping:
+                reaping.start_soon(self._reap_orphans)
+                await self._serve(listener)
+                reaping.cancel_scope.cancel()
+        finally:
+            await self._stop_zygote()
+            keep.close()
+
+    async def _serve(self, listener: socket.socket | None) -> None:
         if listener is None and self.tls is not None:
             from buildpy.remotectx import serve_tcp
 
-            try:
-                await serve_tcp(self, self.tls)
-            finally:
-                await self._stop_zygote()
-                keep.close()
+            await serve_tcp(self, self.tls)
             return
         sock = listener or _activated_socket() or _bind(client.socket_path(self.addr))
         path = client.socket_path(self.addr) if listener is None else None
@@ -241,8 +252,24 @@ class Daemon:
                     os.unlink(path)
                 except OSError:
                     pass
-            await self._stop_zygote()
-            keep.close()
+
+    async def _reap_orphans(self) -> None:
+        with trio.open_signal_receiver(signal.SIGCHLD) as signals:
+            self._reap()  # any that ended before the receiver was there
+            async for _ in signals:
+                self._reap()
+
+    def _reap(self) -> None:
+        """Reap every child that has ended, but the zygote (Trio waits for it)."""
+        zygote = self._zygote.pid if self._zygote is not None else None
+        while True:
+            try:
+                ended = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                return
+            if ended is None or ended.si_pid == zygote:
+                return  # the zygote ended: the daemon is stopping anyway
+            os.waitpid(ended.si_pid, os.WNOHANG)
 
     async def _watch_signals(self, scope: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

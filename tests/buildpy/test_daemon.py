@@ -30,7 +30,7 @@ STOPPED = "ERROR: the buildpy daemon stopped; the build was canceled"
 
 
 def daemon_processes() -> list[str]:
-    """Zygotes and children of any buildpy daemon (their /proc comm)."""
+    """Zygotes, spares and children of any buildpy daemon (their /proc comm)."""
     found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -40,7 +40,10 @@ def daemon_processes() -> list[str]:
             state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if comm in ("buildpy-zygote", "buildpy-child") and state != "Z":
+        if (
+            comm in ("buildpy-zygote", "buildpy-spare", "buildpy-child")
+            and state != "Z"
+        ):
             found.append(f"{pid} {comm}")
     return found
 
@@ -225,6 +228,42 @@ def test_ten_builds_at_once(busybox: Buildpy, daemon: Daemon, tmp_path):
         r for r in results if "ran-once" in r.stderr.replace("RUN echo ran-once", "")
     ]
     assert len(ran) == 1, [r.stderr for r in results]
+
+
+def _children_of(pid: int) -> dict[int, tuple[str, str]]:
+    """pid -> (comm, state) of every process whose parent is ``pid``."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat_line = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        head, _, rest = stat_line.rpartition(")")
+        fields = rest.split()
+        if int(fields[1]) == pid:
+            found[int(entry)] = (head.partition("(")[2], fields[0])
+    return found
+
+
+def test_commands_are_reaped_by_the_daemon(busybox: Buildpy, daemon: Daemon, tmp_path):
+    """The commands' processes are the daemon's (a subreaper), not init's, and none
+    is left a zombie: where init reaps nothing (a container's first process, this
+    machine's) they would pile up, a pid each."""
+    context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM busybox\n"})
+    for _ in range(3):
+        via(busybox, daemon, "build", "-q", context)
+    # The zygote, and the spare that waits for the next command: nothing else.
+    expected = [("buildpy-spare", False), ("buildpy-zygote", False)]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        children = _children_of(daemon.proc.pid)
+        seen = sorted((comm, state == "Z") for comm, state in children.values())
+        if seen == expected:
+            break
+        time.sleep(0.05)  # the last command exits, the daemon reaps it: not ordering
+    assert seen == expected, children
 
 
 # --- cancellation ------------------------------------------------------------------
