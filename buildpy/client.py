@@ -20,14 +20,18 @@ the child, and kills it after a grace period).
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import socket
 import struct
 import sys
-from collections.abc import Sequence
-from typing import Any, BinaryIO
+
+# The typing names are for readers and checkers only: importing typing costs the
+# client a few milliseconds at every start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any, BinaryIO
 
 DEFAULT_ADDR = "unix:///run/buildpy/buildpy.sock"
 API_VERSION = "1"
@@ -167,40 +171,37 @@ def resolve_build_args(argv: Sequence[str]) -> list[str]:
 
 
 # --- talking to the daemon -----------------------------------------------------
+#
+# The exchange is one HTTP/1.0 request and its answer, read to the end of the
+# connection, on a plain socket: http.client would cost the client 33 ms of imports
+# (ssl and the email package) at every start, more than the rest of a no-op
+# rebuild's client side together. HTTP/1.0 keeps the answer unchunked, so what is
+# read here is a status line, header lines that this client does not need, and the
+# frames. Programs that want more of HTTP use any client they like (docs/api.md).
+
+_MAX_LINE = 65536
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """http.client over a Unix socket; the Host header is a placeholder."""
-
-    def __init__(self, path: str, timeout: float | None = None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+def cli_request(body: dict[str, Any], host: str = "localhost") -> bytes:
+    """``POST /cli`` with ``body`` as JSON, as bytes to send."""
+    data = json.dumps(body).encode()
+    head = (
+        f"POST /cli HTTP/1.0\r\nHost: {host}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+    )
+    return head.encode() + data
 
 
-def request_json(addr: str, method: str, path: str, body: Any = None) -> Any:
-    """One request to the daemon, its JSON answer (for tools and tests)."""
-    conn = UnixHTTPConnection(socket_path(addr))
-    try:
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        conn.request(method, path, body=data, headers=headers)
-        resp = conn.getresponse()
-        payload = resp.read()
-        if resp.status >= 400:
-            raise OSError(f"{method} {path}: {resp.status} {payload.decode()}")
-        return json.loads(payload) if payload else None
-    finally:
-        conn.close()
+def _read_head(reader: BinaryIO) -> int:
+    """The status code of the answer; the header lines are skipped. Raises
+    ConnectionError when the connection ends first or the peer is no HTTP server."""
+    line = reader.readline(_MAX_LINE)
+    parts = line.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        raise ConnectionError("no HTTP answer")
+    while reader.readline(_MAX_LINE) not in (b"\r\n", b"\n", b""):
+        pass
+    return int(parts[1])
 
 
 def _terminal(stream: Any) -> bool:
@@ -218,14 +219,14 @@ def _size() -> tuple[int, int]:
         return 0, 0
 
 
-def _read_exact(resp: http.client.HTTPResponse, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = resp.read(n - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
+def tty_state() -> dict[str, Any]:
+    """The ``tty`` member of a ``POST /cli`` body: which of our streams are
+    terminals, and the terminal's size."""
+    return {
+        "stdout": _terminal(sys.stdout),
+        "stderr": _terminal(sys.stderr),
+        "size": list(_size()),
+    }
 
 
 def _lost(addr: str) -> int:
@@ -235,14 +236,14 @@ def _lost(addr: str) -> int:
     return EXIT_INFRA
 
 
-def _pump(resp: http.client.HTTPResponse, out: BinaryIO, err: BinaryIO) -> int | None:
+def _pump(reader: BinaryIO, out: BinaryIO, err: BinaryIO) -> int | None:
     """Copy frames to out/err until the exit frame; None when the stream ends first."""
     while True:
-        header = _read_exact(resp, FRAME_HEADER.size)
+        header = reader.read(FRAME_HEADER.size)
         if len(header) < FRAME_HEADER.size:
             return None
         stream, length = FRAME_HEADER.unpack(header)
-        payload = _read_exact(resp, length)
+        payload = reader.read(length)
         if len(payload) < length:
             return None
         if stream == EXIT:
@@ -252,44 +253,46 @@ def _pump(resp: http.client.HTTPResponse, out: BinaryIO, err: BinaryIO) -> int |
         target.flush()
 
 
-def post_cli(conn: http.client.HTTPConnection, addr: str, body: Any) -> int:
-    """``POST /cli`` on a connected ``conn`` (Unix socket or TLS): the command's
-    frames to our streams, its exit code. Ctrl-C closes our half of the
-    connection, which makes the daemon interrupt the command; its clean-up
-    output and exit code still come back, as when it runs embedded. Raises
-    OSError or HTTPException when the connection fails."""
+def converse(sock: socket.socket, request: bytes, addr: str) -> int:
+    """Send ``request`` (``cli_request``) on a connected socket, plain or TLS, and
+    copy the command's frames to our streams; its exit code. Ctrl-C closes our half
+    of the connection, which makes the daemon interrupt the command; its clean-up
+    output and exit code still come back, as when it runs embedded. Raises OSError
+    (ConnectionError among them) when the connection fails."""
     out = sys.stdout.buffer
     err = sys.stderr.buffer
     sys.stdout.flush()
     sys.stderr.flush()
-    resp = None
+    reader = sock.makefile("rb")
+    status = None
     try:
-        conn.request(
-            "POST",
-            "/cli",
-            body=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        resp = conn.getresponse()
-        if resp.status != 200:
-            message = resp.read().decode(errors="replace").strip()
-            print(f"ERROR: the buildpy daemon at {addr}: {message}", file=sys.stderr)
-            return EXIT_INFRA
-        code = _pump(resp, out, err)
-    except KeyboardInterrupt:
-        code = None
         try:
-            if conn.sock is not None:
+            sock.sendall(request)
+            status = _read_head(reader)
+            if status != 200:
+                message = reader.read().decode(errors="replace").strip()
+                print(
+                    f"ERROR: the buildpy daemon at {addr}: {message}", file=sys.stderr
+                )
+                return EXIT_INFRA
+            code = _pump(reader, out, err)
+        except KeyboardInterrupt:
+            code = None
+            try:
                 # The plain socket's shutdown: on TLS, SSLSocket.shutdown would
                 # drop the state that the rest of the answer still needs.
-                socket.socket.shutdown(conn.sock, socket.SHUT_WR)
-            if resp is not None:
-                code = _pump(resp, out, err)
-        except (KeyboardInterrupt, OSError, http.client.HTTPException):
-            code = None
-        if code is None:
-            print("buildpy: interrupted", file=sys.stderr)
-            return EXIT_INTERRUPTED
+                socket.socket.shutdown(sock, socket.SHUT_WR)
+                if status is None:
+                    status = _read_head(reader)
+                if status == 200:
+                    code = _pump(reader, out, err)
+            except (KeyboardInterrupt, OSError, ValueError):
+                code = None
+            if code is None:
+                print("buildpy: interrupted", file=sys.stderr)
+                return EXIT_INTERRUPTED
+    finally:
+        reader.close()
     return _lost(addr) if code is None else code
 
 
@@ -310,28 +313,24 @@ def run_cli(addr: str, argv: Sequence[str], *, explicit: bool = True) -> int | N
         "argv": resolve_build_args(argv),
         "cwd": os.getcwd(),
         "env": {k: v for k, v in os.environ.items() if k not in _CLIENT_ONLY},
-        "tty": {
-            "stdout": _terminal(sys.stdout),
-            "stderr": _terminal(sys.stderr),
-            "size": list(_size()),
-        },
+        "tty": tty_state(),
     }
-    conn = UnixHTTPConnection(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        conn.connect()
-    except OSError as exc:
-        conn.close()
-        if not explicit:
-            return None
-        reason = exc.strerror or str(exc)
-        print(
-            f"ERROR: cannot connect to the buildpy daemon at {addr}: {reason}",
-            file=sys.stderr,
-        )
-        return EXIT_INFRA
-    try:
-        return post_cli(conn, addr, body)
-    except (OSError, http.client.HTTPException):
-        return _lost(addr)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            if not explicit:
+                return None
+            reason = exc.strerror or str(exc)
+            print(
+                f"ERROR: cannot connect to the buildpy daemon at {addr}: {reason}",
+                file=sys.stderr,
+            )
+            return EXIT_INFRA
+        try:
+            return converse(sock, cli_request(body), addr)
+        except (OSError, ValueError):
+            return _lost(addr)
     finally:
-        conn.close()
+        sock.close()

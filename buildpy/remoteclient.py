@@ -590,13 +590,11 @@ def run_cli(addr: str, argv: Sequence[str]) -> int:
         body = {
             "argv": rest,
             "env": {k: v for k, v in os.environ.items() if k in PASS_ENV},
-            "tty": {
-                "stdout": client._terminal(sys.stdout),
-                "stderr": client._terminal(sys.stderr),
-                "size": list(client._size()),
-            },
+            "tty": client.tty_state(),
         }
-        return client.post_cli(conn, addr, body)
+        if conn.sock is None:  # the daemon closed the connection after an answer
+            conn.connect()
+        return client.converse(conn.sock, client.cli_request(body, host), addr)
     except ssl.SSLError as exc:
         return _tls_failure(addr, exc)
     except SyncError as exc:
@@ -605,7 +603,7 @@ def run_cli(addr: str, argv: Sequence[str]) -> int:
     except _Refused as exc:
         print(f"ERROR: the buildpy daemon at {addr}: {exc}", file=sys.stderr)
         return client.EXIT_INFRA
-    except (OSError, http.client.HTTPException):
+    except (OSError, ValueError, http.client.HTTPException):
         return client._lost(addr)
     finally:
         conn.close()
