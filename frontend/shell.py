@@ -346,6 +346,8 @@ def process_word(
     ``raw_quotes``/``raw_escapes`` keep quotes and escape tokens in the result
     (heredoc bodies are expanded that way). Raises ShellError.
     """
+    if "$" not in word and "'" not in word and '"' not in word and escape not in word:
+        return word  # nothing to expand or remove: most flag values, most words
     lexer = _lexer(word, env, escape, raw_quotes, raw_escapes)
     return _run(lexer, word)[0]
 
