@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from frontend import parser as frontend_parser
-from frontend.parser import parse
+from frontend.parser import Instruction, parse
 from tests.conftest import REPO
 
 dockerfile = pytest.importorskip("dockerfile")
@@ -101,8 +101,8 @@ def test_parse_buildpy(benchmark, dockerfiles: list[str]) -> None:
 
 
 def test_lark_lexer_only(benchmark, dockerfiles: list[str]) -> None:
-    """The floor under test_parse_buildpy: Lark's lexer over the corpus, the
-    tokens made and nothing built from them."""
+    """Lark's own lexer (``Lark.lex``, its basic lexer) over the corpus, the
+    tokens made and nothing built from them; heredoc bodies are not cut."""
     lark_parser = frontend_parser._lark("\\")
 
     def lex_all() -> None:
@@ -111,6 +111,55 @@ def test_lark_lexer_only(benchmark, dockerfiles: list[str]) -> None:
                 pass
 
     benchmark(lex_all)
+
+
+def test_tokens_only(benchmark, dockerfiles: list[str]) -> None:
+    """The token stream test_parse_buildpy reads (the lexer Lark is given,
+    heredoc bodies cut), nothing built from it."""
+    lexer = frontend_parser._lexer("\\")
+
+    def lex_all() -> None:
+        for text in dockerfiles:
+            for _ in lexer.tokens(text):
+                pass
+
+    benchmark(lex_all)
+
+
+def test_terminal_regex_only(benchmark, dockerfiles: list[str]) -> None:
+    """The floor of any lexer of the grammar: its terminals' one regex matched
+    from token to token over the corpus, no Token made."""
+    match = frontend_parser._lexer("\\")._match
+
+    def scan_all() -> None:
+        for text in dockerfiles:
+            pos, end = 0, len(text)
+            while pos < end:
+                found = match(text, pos, end)
+                assert found is not None
+                pos = found.end()
+
+    benchmark(scan_all)
+
+
+def test_floor_keyword_split(benchmark, dockerfiles: list[str]) -> None:
+    """The least a parse into this AST does: the tokens, then per instruction
+    only the keyword cut from the rest and one Instruction; no flags, JSON,
+    words, continuation joins, columns or heredocs (test_parse_buildpy does
+    all of those). Compare with test_parse_dockerfile_parse."""
+    lexer = frontend_parser._lexer("\\")
+
+    def skeleton(text: str) -> list[Instruction]:
+        nodes = []
+        for token in lexer.tokens(text):
+            if token.type == "INSTRUCTION":
+                keyword, _, rest = token.strip().partition(" ")
+                node = Instruction(keyword.lower(), [rest], [], False, token, [])
+                node.start_line = node.end_line = token.line
+                nodes.append(node)
+        return nodes
+
+    benchmark(lambda: list(_each(dockerfiles, skeleton)))
 
 
 def test_parse_dockerfile_parse(benchmark, dockerfiles: list[str]) -> None:

@@ -13,11 +13,14 @@ byte for byte. It has three layers:
 2. The Lark grammar (dockerfile.lark, compiled once per escape token and cached
    on disk) cuts the text into tokens of whole lines: one INSTRUCTION token per
    instruction (the comment and blank lines before it, its continuation lines,
-   the comments and blank lines inside the continuation). Only Lark's lexer
-   runs; ``_group`` reads the grammar's one rule off the token stream. Heredocs
-   are context-sensitive (the terminator is a name read from the instruction),
-   so the post-lexer ``_HeredocPostLex`` cuts the tokens after an instruction
-   that opens heredocs back into body lines.
+   the comments and blank lines inside the continuation). The tokens come from
+   ``_DockerfileLexer``, the lexer Lark is given for the grammar: one regex of
+   the grammar's terminals and cheap Token objects. Heredocs are
+   context-sensitive (the terminator is a name read from the instruction), so
+   that lexer cuts the lines after an instruction that opens heredocs into body
+   tokens itself. Lark's LALR parser accepts the stream (a test holds it to
+   that) but does not run here: building its tree would cost about as much as
+   everything else, so ``_group`` reads the grammar's one rule off the tokens.
 3. Each instruction's *logical line* (continuations joined with nothing in
    between, the escape token and its trailing blanks removed) is split into the
    keyword, the leading ``--flags`` and the arguments, with one argument rule per
@@ -33,15 +36,18 @@ import json
 import os
 import re
 import unicodedata
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from functools import cache
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import astuple, dataclass, field
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import lark
 from lark import Lark, Token
-from lark.exceptions import LarkError
+from lark.common import LexerConf
+from lark.exceptions import LarkError, UnexpectedCharacters
+from lark.lexer import Lexer, LexerState, TerminalDef
 
 from frontend.errors import DockerfileError
 from frontend.shell import ShellError, shell_words
@@ -182,30 +188,31 @@ def _grammar_cache_file(grammar: str) -> str | bool:
 
 
 @cache
-def _lark(escape: str, heredocs: bool = True) -> Lark:
+def _lark(escape: str) -> Lark:
     """The compiled grammar for one escape token.
 
     The analysis is kept in a file (``grammar_cache_dir``), so a fresh process
     skips grammar compilation, which is most of a no-op rebuild's start-up;
-    ``@cache`` keeps the parser within a process. Only Lark's lexer runs over
-    the text (``Lark.lex``): the grammar's one rule, an instruction followed
-    by its heredoc bodies, is read off the token stream by ``_group``. Without
-    ``heredocs``, no post-lexer: the plain tokens, for ``_HeredocPostLex``.
+    ``@cache`` keeps the parser within a process. Its lexer is
+    ``_DockerfileLexer``; ``parse`` reads the lexer's tokens and not Lark's
+    parse tree (``_group``).
     """
     grammar = resources.files("frontend").joinpath("dockerfile.lark").read_text()
     grammar = grammar.replace("@ESC@", re.escape(escape))
     return Lark(
         grammar,
         parser="lalr",
-        lexer="basic",
-        postlex=_HeredocPostLex(escape) if heredocs else None,
+        lexer=_LEXERS[escape],
         maybe_placeholders=False,
         cache=_grammar_cache_file(grammar),
     )
 
 
-def _strip_newline(text: str) -> str:
-    return text.rstrip("\r\n")
+def _lexer(escape: str) -> _DockerfileLexer:
+    """The lexer Lark made for the grammar of ``escape`` (one per grammar)."""
+    lexer = _lark(escape).parser.lexer
+    assert isinstance(lexer, _DockerfileLexer)
+    return lexer
 
 
 def _trim_continuation(line: str, escape: str) -> tuple[str, bool]:
@@ -274,68 +281,127 @@ class _UnterminatedHeredoc(Exception):
         self.name, self.line = name, line
 
 
-class _HeredocPostLex:
-    """Cuts the tokens after an instruction that opens heredocs into body lines.
+def _terminal_order(terminal: TerminalDef) -> tuple[int, int, int, str]:
+    """The order in which Lark's own lexer tries the terminals at a position:
+    priority, then the longest possible match, the longest pattern, the name."""
+    pattern = terminal.pattern
+    return (-terminal.priority, -pattern.max_width, -len(pattern.value), terminal.name)
 
-    The grammar's comment explains the renamed terminals. State is local to
-    each ``process`` call, so one compiled parser serves concurrent parses.
+
+_new_str = str.__new__
+
+
+def _token(kind: str, value: str, pos: int, line: int) -> Token:
+    """``Token(kind, value, pos, line, 1)``: every token here starts a line.
+
+    Lark's constructor reaches the same attributes through two Python calls
+    (the first checks for a deprecated keyword argument); set here directly,
+    a token costs a quarter as much.
+    """
+    token = _new_str(Token, value)
+    token.type, token.value, token.start_pos = kind, value, pos
+    token.line, token.column = line, 1
+    token.end_line = token.end_column = token.end_pos = None
+    return token
+
+
+class _DockerfileLexer(Lexer):
+    """The grammar's tokens: the lexer Lark runs (``Lark(lexer=...)``) and the
+    one ``parse`` reads.
+
+    One regular expression made of the grammar's terminals, tried in Lark's
+    order, is matched at the start of each token, and each token is built
+    directly (``_token``): Lark's basic lexer makes the same tokens at about
+    twice the cost, in its line counter and Token constructor. After an
+    instruction that opens heredocs, the lines up to the last terminator are
+    cut here, as HEREDOC_LINE and HEREDOC_END tokens (the grammar's comment
+    says why no terminal matches them). Lark makes one instance per grammar;
+    ``tokens`` keeps its state in locals, so concurrent parses may share it.
     """
 
-    always_accept = ()
+    # lex() receives Lark's LexerState (a TextSlice inside since Lark 1.2).
+    __future_interface__ = 2
+    escape = "\\"
 
-    def __init__(self, escape: str) -> None:
-        self.escape = escape
+    def __init__(self, conf: LexerConf) -> None:
+        terminals = sorted(conf.terminals, key=_terminal_order)
+        pattern = "|".join(f"(?P<{t.name}>{t.pattern.to_regexp()})" for t in terminals)
+        self._match = re.compile(pattern, conf.g_regex_flags).match
+        self._names = frozenset(t.name for t in terminals)
 
-    def process(self, stream: Iterator[Token]) -> Iterator[Token]:
-        pending: list[Heredoc] = []
-        opened_at = 0
-        stream = iter(stream)
-        again: list[Token] = []  # tokens lexed again, in reverse order
-        while True:
-            token = again.pop() if again else next(stream, None)
-            if token is None:
-                break
-            if not pending:
-                if token.type == "INSTRUCTION" and "<<" in token:
-                    text = skip_gap(token)[1]
-                    pending = heredocs_of_line(logical_line(text, self.escape))
-                    opened_at = token.line + token.count("\n", 0, len(token) - 1)
-                yield token
-                continue
-            # Heredoc bodies: every line is text until its terminator.
-            line, pos = token.line, token.start_pos
-            parts = token.split("\n")
-            for index, part in enumerate(parts):
-                last = index == len(parts) - 1
-                if last and not part:
-                    break  # the token ended with its newline
-                if not pending:
-                    # Rare: the terminator was a line that continued the token
-                    # (a name that looks like a comment); lex the rest again.
-                    rest = "\n".join(parts[index:])
-                    again = self._lex_again(rest, line, pos)
-                    break
-                value = part if last else part + "\n"
-                candidate = part.rstrip("\r")
-                if pending[0].chomp:
-                    candidate = candidate.lstrip("\t")
-                kind = "HEREDOC_LINE"
-                if candidate == pending[0].name:
-                    pending.pop(0)
-                    kind = "HEREDOC_END"
-                yield Token(kind, value, pos, line, 1)
-                line, pos = line + 1, pos + len(value)
-        if pending:
-            raise _UnterminatedHeredoc(pending[0].name, opened_at)
+    def lex(self, lexer_state: LexerState, parser_state: Any) -> Iterator[Token]:
+        """Lark's entry point: the tokens of the whole text in ``lexer_state``."""
+        text = lexer_state.text
+        line = lexer_state.line_ctr.line
+        if isinstance(text, str):  # Lark before 1.2 passes the text itself
+            return self.tokens(text, line=line)
+        return self.tokens(text.text, text.start, text.end, line)
 
-    def _lex_again(self, rest: str, line: int, pos: int) -> list[Token]:
-        """The tokens of ``rest`` (which starts at ``line``, offset ``pos``),
-        reversed, from the grammar without this post-lexer."""
-        tokens = [
-            Token(t.type, t.value, t.start_pos + pos, t.line + line - 1, t.column)
-            for t in _lark(self.escape, heredocs=False).lex(rest)
-        ]
-        return tokens[::-1]
+    def tokens(
+        self, text: str, pos: int = 0, end: int | None = None, line: int = 1
+    ) -> Iterator[Token]:
+        """The tokens of ``text[pos:end]``, whose first line is ``line``.
+
+        Raises _UnterminatedHeredoc when the text ends inside a heredoc body.
+        """
+        end = len(text) if end is None else end
+        match = self._match
+        while pos < end:
+            found = match(text, pos, end)
+            if found is None:  # pragma: no cover - every line shape is a token
+                raise UnexpectedCharacters(text, pos, line, 1, allowed=self._names)
+            value, kind = found.group(), found.lastgroup
+            assert kind is not None  # every alternative is a named group
+            token = _token(kind, value, pos, line)
+            yield token
+            pos, line = found.end(), line + value.count("\n")
+            if kind == "INSTRUCTION" and "<<" in value:
+                docs = heredocs_of_line(logical_line(skip_gap(value)[1], self.escape))
+                if docs:
+                    pos, line = yield from _heredoc_bodies(text, pos, end, token, docs)
+
+
+class _BacktickLexer(_DockerfileLexer):
+    """For ``# escape=```; a class of its own because Lark makes the lexer from
+    the class and the grammar's terminals alone."""
+
+    escape = "`"
+
+
+_LEXERS: dict[str, type[_DockerfileLexer]] = {
+    "\\": _DockerfileLexer,
+    "`": _BacktickLexer,
+}
+
+
+def _heredoc_bodies(
+    text: str, pos: int, end: int, opener: Token, docs: list[Heredoc]
+) -> Generator[Token, None, tuple[int, int]]:
+    """The body lines after ``opener``, up to its last heredoc's terminator,
+    as tokens; returns the offset and the line number after them.
+
+    A body line is any text until the line that is the heredoc's name (after
+    the leading tabs with ``<<-``), even one that looks like a comment or ends
+    with the escape token.
+    """
+    opened_at = opener.line + opener.count("\n", 0, len(opener) - 1)
+    line = opened_at + 1
+    while docs:
+        if pos >= end:
+            raise _UnterminatedHeredoc(docs[0].name, opened_at)
+        newline = text.find("\n", pos, end)
+        stop = end if newline == -1 else newline + 1
+        value = text[pos:stop]
+        name = value.rstrip("\r\n")
+        if docs[0].chomp:
+            name = name.lstrip("\t")
+        kind = "HEREDOC_LINE"
+        if name == docs[0].name:
+            docs.pop(0)
+            kind = "HEREDOC_END"
+        yield _token(kind, value, pos, line)
+        pos, line = stop, line + 1
+    return pos, line
 
 
 def heredocs_of_line(line: str) -> list[Heredoc]:
@@ -345,16 +411,30 @@ def heredocs_of_line(line: str) -> list[Heredoc]:
     """
     if "<<" not in line:
         return []  # the common case, and the shell lexer below is slow
-    try:
-        keyword, _, rest = _split_command(line, "\\")
-    except DockerfileError:
-        return []
+    # New objects each time: the caller sets their content.
+    return [Heredoc(*fields) for fields in _heredoc_fields(line)]
+
+
+_HeredocFields = tuple[str, str, bool, bool, "int | None"]
+
+
+@lru_cache(maxsize=256)
+def _heredoc_fields(line: str) -> tuple[_HeredocFields, ...]:
+    """heredocs_of_line's answer as Heredoc's fields. Remembered, because the
+    lexer asks for an instruction's heredocs to find its body lines, and the
+    instruction asks again for its own."""
+    keyword, _, rest = _split_command(line, "\\")
     keyword = keyword.lower()
     if keyword == "onbuild":
         keyword, _, rest = _split_command(rest, "\\")
         keyword = keyword.lower()
-    if keyword not in _HEREDOC_KEYWORDS or _json_array(rest) is not None:
-        return []
+    if keyword not in _HEREDOC_KEYWORDS:
+        return ()
+    try:
+        if _json_array(rest) is not None:
+            return ()  # the exec form: no shell, no heredoc
+    except _NotStrings:
+        return ()  # the exec form too, refused when the instruction is parsed
     if _SHELL_SPECIAL_RE.search(line) is None:
         # Nothing quoted, escaped or expanded: the shell words are the blank
         # separated ones (the shell lexer below gives the same, slowly).
@@ -365,13 +445,9 @@ def heredocs_of_line(line: str) -> list[Heredoc]:
             # nothing set); a line the shell lexer rejects opens no heredoc.
             words = shell_words(line)
         except ShellError:
-            return []
-    docs = []
-    for word in words:
-        doc = parse_heredoc(word)
-        if doc is not None:
-            docs.append(doc)
-    return docs
+            return ()
+    docs = (parse_heredoc(word) for word in words)
+    return tuple(astuple(doc) for doc in docs if doc is not None)
 
 
 def parse_heredoc(word: str) -> Heredoc | None:
@@ -458,10 +534,22 @@ def _extract_flags(line: str, escape: str) -> tuple[str, list[str]]:
             flags.append(word)
 
 
+@cache
+def _word_re(escape: str) -> re.Pattern[str]:
+    """A word of parse_words: plain characters, escape pairs, quoted runs (a
+    quote left open runs to the end)."""
+    e = re.escape(escape)
+    return re.compile(rf"""(?:[^\s'"{e}]+|{e}.|"(?:[^"{e}]|{e}.)*"?|'[^']*'?)+""", re.S)
+
+
 def parse_words(rest: str, escape: str) -> list[str]:
     """Split on blanks honouring quotes and escapes, which stay in the words."""
     if escape not in rest and "'" not in rest and '"' not in rest:
         return rest.split()  # nothing quoted or escaped: the common case
+    if not rest.endswith(escape):
+        # The loop below, in one regex: the same words, but for the escape
+        # token at the very end, which the loop drops.
+        return _word_re(escape).findall(rest)
     words: list[str] = []
     word, quote, blank_ok, in_word = "", "", False, False
     pos, n = 0, len(rest)
@@ -597,8 +685,11 @@ def _name_value(keyword: str) -> Callable[[str, str], _Parsed]:
     return parse
 
 
+_HEALTHCHECK_RE = re.compile(r"(\S*)\s*(.*)", re.S)
+
+
 def _healthcheck(rest: str, escape: str) -> _Parsed:
-    parts = re.match(r"(\S*)\s*(.*)", rest, re.S)
+    parts = _HEALTHCHECK_RE.match(rest)
     assert parts is not None
     kind, command = parts.group(1), parts.group(2)
     if not kind:
@@ -641,7 +732,11 @@ _ARG_PARSERS: dict[str, Callable[[str, str], _Parsed]] = {
 KEYWORDS = tuple(k.upper() for k in _ARG_PARSERS)
 
 
-def _instruction_from_line(line: str, escape: str) -> Instruction:
+def _instruction_from_line(
+    line: str, escape: str, position: tuple[int, int, int, int] = (0, 0, 0, 0)
+) -> Instruction:
+    """The Instruction of a logical line; ``position`` is its start line and
+    column and its end line and column."""
     keyword, flags, rest = _split_command(line, escape)
     keyword = keyword.lower()
     parser = _ARG_PARSERS.get(keyword, _ignore)
@@ -651,7 +746,7 @@ def _instruction_from_line(line: str, escape: str) -> Instruction:
         raise _ArgError(
             "when using JSON array syntax, arrays must be comprised of strings only"
         ) from None
-    return Instruction(keyword, args, flags, is_json, line, [])
+    return Instruction(keyword, args, flags, is_json, line, [], *position)
 
 
 # --- the walk over the parse tree ----------------------------------------------
@@ -664,7 +759,7 @@ def parse(text: str, filename: str = "Dockerfile") -> AST:
     directives = read_directives(text, filename)
     escape = directives.get("escape", "\\")
     try:
-        groups = list(_group(_lark(escape).lex(text)))
+        groups = list(_group(_lexer(escape).tokens(text)))
     except _UnterminatedHeredoc as exc:
         raise DockerfileError(
             f"unterminated heredoc {exc.name}: no line {exc.name} ends it",
@@ -714,23 +809,35 @@ def _group(stream: Iterator[Token]) -> Iterator[_Group]:
 def _instruction(
     token: Token, bodies: list[list[Token]], escape: str, ast: AST
 ) -> Instruction:
-    skipped, value = skip_gap(token.value)
-    first_line = token.line + skipped
-    empty: list[int] = []
-    text = logical_line(value, escape, empty, first_line)
-    for number in empty:
-        ast.warnings.append(f"{ast.filename}:{number}: empty continuation line")
-        ast.empty_continuations.append(number)
-    start_column = 1 + len(value) - len(value.lstrip())
-    if bodies:
-        last = bodies[-1][-1]
-        end_line, end_column = last.line, 1 + len(_strip_newline(last.value))
+    value, first_line = token.value, token.line
+    if value[0] == "#" or value[0].isspace():  # comment or blank lines first
+        skipped, value = skip_gap(value)
+        first_line += skipped
+    # The instruction's last physical line starts after `last`.
+    last = value.rfind("\n", 0, len(value) - 1)
+    if last == -1:  # one physical line, the common case: logical_line inline
+        line = value.rstrip("\r\n")
+        text = line.lstrip()
+        start_column = 1 + len(line) - len(text)
+        if escape in text:
+            text = _trim_continuation(text, escape)[0]
+        end_line, end_column = first_line, len(line) + 1
     else:
-        newline = value.rfind("\n", 0, len(value) - 1)
-        end_line = first_line + value.count("\n", 0, len(value) - 1)
-        end_column = len(_strip_newline(value[newline + 1 :])) + 1
+        empty: list[int] = []
+        text = logical_line(value, escape, empty, first_line)
+        for number in empty:
+            ast.warnings.append(f"{ast.filename}:{number}: empty continuation line")
+            ast.empty_continuations.append(number)
+        start_column = 1 + len(value) - len(value.lstrip())
+        end_line = first_line + value.count("\n", 0, last + 1)
+        end_column = len(value[last + 1 :].rstrip("\r\n")) + 1
+    if bodies:
+        end = bodies[-1][-1]
+        end_line, end_column = end.line, 1 + len(end.value.rstrip("\r\n"))
     try:
-        node = _instruction_from_line(text, escape)
+        node = _instruction_from_line(
+            text, escape, (first_line, start_column, end_line, end_column)
+        )
     except _ArgError as exc:
         raise DockerfileError(
             str(exc),
@@ -746,8 +853,6 @@ def _instruction(
                 t.value if t.value.endswith("\n") else t.value + "\n" for t in body[:-1]
             )
         node.heredocs = docs
-    node.start_line, node.start_column = first_line, start_column
-    node.end_line, node.end_column = end_line, end_column
     return node
 
 

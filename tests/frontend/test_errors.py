@@ -355,6 +355,12 @@ ERRORS = [
         "Dockerfile:2:1: unterminated heredoc EOF: no line EOF ends it",
     ),
     (
+        'FROM busybox\nRUN ["cat", 1] <<EOF\nx\nEOF\n',
+        {},
+        "Dockerfile:2:1: when using JSON array syntax, arrays must be comprised "
+        "of strings only",
+    ),
+    (
         "# escape=x\nFROM busybox\n",
         {},
         "Dockerfile:1:1: invalid escape token 'x': expected ` or \\",

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from lark import Tree
 
 from frontend import DockerfileError, debug_ast, dump_ast, parse
+from frontend import parser as frontend_parser
 
 
 def test_directives_only_in_leading_block() -> None:
@@ -80,14 +82,31 @@ def test_unterminated_heredoc() -> None:
 
 def test_heredoc_terminator_inside_a_continued_body_line() -> None:
     # The body line ends with the escape token, and the terminator looks like
-    # a comment: the lexer read them as one continued instruction, the parser
-    # must still end the heredoc there and read what follows afresh.
+    # a comment: the grammar's terminals would read them as one continued
+    # instruction; the heredoc must still end there, and what follows be read
+    # afresh.
     text = "FROM a\nRUN <<#x\nbody \\\n#x\n\n# c\nRUN <<E\nq\nE\nRUN z\n"
     ast = parse(text)
     run, second, last = ast.instructions[1:]
     assert run.heredocs[0].content == "body \\\n" and run.lines == (2, 4)
     assert second.heredocs[0].content == "q\n" and second.lines == (7, 9)
     assert last.lines == (10, 10)
+
+
+@pytest.mark.parametrize("escape", ["\\", "`"])
+def test_grammar_accepts_the_lexer_tokens(escape: str) -> None:
+    """Lark's LALR parser, fed by the lexer parse() reads, builds the tree of
+    the grammar: one instruction per AST node, with its heredoc bodies."""
+    text = (
+        f"# escape={escape}\nFROM a\n\nRUN <<EOF <<-X cat\nbody {escape}\n"
+        f"# no comment\nEOF\n\tX\n# c\nCOPY <<A /a\nA\nRUN b {escape}\n\n  c\n# end\n"
+    )
+    tree = frontend_parser._lark(escape).parse(text)
+    nodes = [child for child in tree.children if isinstance(child, Tree)]
+    heredocs = [[len(doc.children) for doc in node.children[1:]] for node in nodes]
+    assert heredocs == [[], [3, 1], [1], []]
+    ast = parse(text)
+    assert [len(node.heredocs) for node in ast.instructions] == [0, 2, 1, 0]
 
 
 def test_comments_and_blanks_between_instructions_keep_positions() -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from frontend import parser as frontend_parser
 from frontend.errors import DockerfileError
 from frontend.parser import dump_ast, parse
 
@@ -29,6 +30,19 @@ def test_positive_dump_matches_byte_for_byte(case: str) -> None:
     ast = parse(_read(DATA / "positive" / case / "Dockerfile"))
     expected = _read(DATA / "positive" / case / "result")
     assert dump_ast(ast) == expected
+
+
+@pytest.mark.parametrize("case", POSITIVE)
+def test_lexer_tokens_are_larks_own(case: str) -> None:
+    """parse() reads its own lexer's tokens: they must be the ones Lark's lexer
+    cuts from the grammar's terminals (no heredoc in these files)."""
+    text = _read(DATA / "positive" / case / "Dockerfile")
+    escape = parse(text).escape
+    ours = frontend_parser._lexer(escape).tokens(text)
+    larks = frontend_parser._lark(escape).lex(text)
+    assert [(t.type, t.value, t.start_pos, t.line, t.column) for t in ours] == [
+        (t.type, t.value, t.start_pos, t.line, t.column) for t in larks
+    ]
 
 
 @pytest.mark.parametrize(
