@@ -23,7 +23,8 @@ The cases are those of issues 4, 5 and 8:
   Dockerfile with no RUN); per-step cost = (steps20 - steps0) / 20.
 
 Each figure is the median wall time of ``--rounds`` whole client processes (start-up
-included, as a user or a CI step sees it) after one unmeasured warm-up build. With
+included, as a user or a CI step sees it) after one unmeasured warm-up build; the
+engines take turns round by round, so that the machine's load falls on all alike. With
 ``--write``, the table replaces what lies between the markers ``<!-- compare:begin -->``
 and ``<!-- compare:end -->`` in the given file. Nothing is asserted: these are figures.
 """
@@ -281,14 +282,22 @@ def daemon(root: Path, work: Path) -> Iterator[str]:
 # --- the run -------------------------------------------------------------------
 
 
-def measure(engine: Engine, case: Case, context: Path, rounds: int) -> float:
-    engine.build(context, no_cache=False)  # warm-up: bases pulled, cache filled
-    times = []
+def measure(
+    engines: list[Engine], case: Case, context: Path, rounds: int
+) -> dict[str, float]:
+    """The median time of each engine, the engines taking turns round by round
+    (each round in another order), so that a change of the machine's load falls
+    on all of them alike."""
+    for engine in engines:
+        engine.build(context, no_cache=False)  # warm-up: bases pulled, cache filled
+    times: dict[str, list[float]] = {engine.name: [] for engine in engines}
     for n in range(rounds):
-        if case.before_each is not None:
-            case.before_each(context, n)
-        times.append(engine.build(context, case.no_cache))
-    return statistics.median(times)
+        shift = n % len(engines)
+        for engine in engines[shift:] + engines[:shift]:
+            if case.before_each is not None:
+                case.before_each(context, n)
+            times[engine.name].append(engine.build(context, case.no_cache))
+    return {name: statistics.median(figures) for name, figures in times.items()}
 
 
 def table(results: dict[str, dict[str, float]], skipped: dict[str, str]) -> str:
@@ -379,10 +388,9 @@ def main() -> int:
         for case in cases:
             # One context per case, shared by the engines: the same files for all.
             context = case.make(work / "ctx" / case.name)
-            for engine in engines:
-                figure = measure(engine, case, context, args.rounds)
-                results.setdefault(engine.name, {})[case.name] = figure
-                print(f"{case.name:12} {engine.name:24} {figure:.3f} s", flush=True)
+            for name, figure in measure(engines, case, context, args.rounds).items():
+                results.setdefault(name, {})[case.name] = figure
+                print(f"{case.name:12} {name:24} {figure:.3f} s", flush=True)
     text = table(results, skipped)
     print(text)
     if args.write:
