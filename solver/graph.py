@@ -304,6 +304,7 @@ class BuildGraph:
 
     def __init__(self, *finals: Vertex) -> None:
         self._g: nx.DiGraph = nx.DiGraph()
+        self._order: list[Vertex] | None = None  # topological(), until add()
         self.finals: tuple[Vertex, ...] = ()
         for final in finals:
             self.add(final)
@@ -321,6 +322,7 @@ class BuildGraph:
             for inp in vertex.inputs:
                 self._g.add_edge(inp.digest, vertex.digest)
         self.finals = (*self.finals, self.vertex(final.digest))
+        self._order = None
 
     def _walk(self, final: Vertex) -> Iterator[Vertex]:
         seen: set[str] = set()
@@ -347,7 +349,10 @@ class BuildGraph:
 
     def topological(self) -> list[Vertex]:
         """Every vertex, inputs before the vertices that read them."""
-        return [self.vertex(d) for d in nx.lexicographical_topological_sort(self._g)]
+        if self._order is None:  # a solve asks several times
+            order = nx.lexicographical_topological_sort(self._g)
+            self._order = [self.vertex(d) for d in order]
+        return list(self._order)
 
     def inputs(self, vertex: Vertex) -> list[Vertex]:
         return [self.vertex(inp.digest) for inp in vertex.inputs]
