@@ -24,7 +24,9 @@ The cases are those of issues 4, 5 and 8:
 
 Each figure is the median wall time of ``--rounds`` whole client processes (start-up
 included, as a user or a CI step sees it) after one unmeasured warm-up build; the
-engines take turns round by round, so that the machine's load falls on all alike. With
+engines take turns round by round, so that the machine's load falls on all alike.
+buildpy's modules are compiled to bytecode first, as ``pip install`` does
+(benchmarks/bytecode.py). With
 ``--write``, the table replaces what lies between the markers ``<!-- compare:begin -->``
 and ``<!-- compare:end -->`` in the given file. Nothing is asserted: these are figures.
 """
@@ -48,6 +50,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.bytecode import compile_packages  # noqa: E402
 from tests.buildpy.peers import BUILDAH, Buildah, buildah_storage  # noqa: E402
 
 DOCKER = "/usr/bin/docker"  # Debian's 20.10 CLI: BuildKit built in (MACHINE-NOTES)
@@ -355,6 +358,7 @@ def main() -> int:
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("compare.py: run as root (every engine here needs it)")
+    compile_packages(REPO)
     wanted = args.engines.split(",")
     cases = [ALL_CASES[c] for c in args.cases.split(",")]
     results: dict[str, dict[str, float]] = {}

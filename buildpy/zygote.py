@@ -24,7 +24,7 @@ zygote forks the next spare at once. A fresh fork shares the zygote's pages unti
 it writes them, and every object a Python process touches is written (its reference
 count): a no-op build in a fresh fork spent a third of its time copying pages. So
 the spare, while it waits, makes its writable memory its own
-(``MADV_POPULATE_WRITE``, a few MiB at a time) and stops as soon as a request is
+(``MADV_POPULATE_WRITE``, a MiB at a time) and stops as soon as a request is
 waiting: the copies are made off the request's path, or not at all when requests
 come faster than spares are made.
 
@@ -192,7 +192,7 @@ def _spare(sock: socket.socket) -> None:
 
 
 MADV_POPULATE_WRITE = 23  # <linux/mman.h>, Linux 5.14
-_POPULATE_STEP = 4 << 20
+_POPULATE_STEP = 1 << 20  # a request waits for one step at most
 
 
 def _own_pages(sock: socket.socket) -> None:
