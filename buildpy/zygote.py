@@ -15,18 +15,21 @@ The zygote stays single-threaded and never runs Trio, opens no database and hold
 no lock, so a fork of it is a clean copy of a freshly started CLI with its imports
 done. It forks twice: the middle process forks the child and exits at once, the
 zygote reaps the middle process, and the child is adopted by the daemon (a child
-subreaper), which reaps it when it ends. The zygote therefore never waits on a command, and a command
-that runs for an hour holds nothing of it.
+subreaper), which reaps it when it ends. The zygote therefore never waits on a
+command, and a command that runs for an hour holds nothing of it.
 
 The child is forked before it is needed: one *spare* waits on a socketpair of its
 own for the next request, which the zygote passes on to it as it came, and the
 zygote forks the next spare at once. A fresh fork shares the zygote's pages until
 it writes them, and every object a Python process touches is written (its reference
 count): a no-op build in a fresh fork spent a third of its time copying pages. So
-the spare, while it waits, makes its writable memory its own
-(``MADV_POPULATE_WRITE``, a MiB at a time) and stops as soon as a request is
-waiting: the copies are made off the request's path, or not at all when requests
-come faster than spares are made.
+the spare, while it waits, makes those pages its own (``MADV_POPULATE_WRITE``, a
+MiB at a time) and stops as soon as a request is waiting: the copies are made off
+the request's path, or not at all when requests come faster than spares are
+made. Which pages: a command, once its exit code is written, notes the spans of
+the zygote's pages it wrote (the pagemap's "exclusively mapped" bit), about a
+quarter of them for a no-op build, and the next spares copy those; before any
+note, every private writable mapping.
 
 The child makes itself a session leader (so a terminal's Ctrl-C reaches only
 whoever the daemon signals), puts stdin on /dev/null and the two descriptors on 1
@@ -48,9 +51,11 @@ import io
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import traceback
 from typing import Any
@@ -193,30 +198,111 @@ def _spare(sock: socket.socket) -> None:
 
 MADV_POPULATE_WRITE = 23  # <linux/mman.h>, Linux 5.14
 _POPULATE_STEP = 1 << 20  # a request waits for one step at most
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_EXCLUSIVE = 1 << 56  # a pagemap entry's "page exclusively mapped" bit
+_Spans = list[tuple[int, int]]  # sorted, disjoint [start, end) address ranges
+# The file where commands note which of the zygote's pages they wrote (set by
+# main); the zygote's writable mappings as this process was forked with them;
+# whether this process copied pages before its request came.
+_hot_file: str | None = None
+_regions: _Spans = []
+_populated = False
+
+
+def _writable_regions() -> _Spans:
+    regions = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            span, perms = line.split(None, 2)[:2]
+            if perms[1] == "w" and perms[3] == "p":
+                start, end = (int(x, 16) for x in span.split("-"))
+                regions.append((start, end))
+    return regions
+
+
+def _read_spans() -> _Spans:
+    """The spans commands noted (``_note_written_pages``); none before the first."""
+    if _hot_file is None:
+        return []
+    try:
+        with open(_hot_file) as f:
+            return [(int(a), int(b)) for a, b in (line.split() for line in f)]
+    except (OSError, ValueError):
+        return []
+
+
+def _merge(spans: _Spans) -> _Spans:
+    merged: _Spans = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def _own_pages(sock: socket.socket) -> None:
-    """Make the private writable mappings this process's own copies, a step at a
-    time, until a request is waiting on ``sock`` (or the kernel cannot)."""
+    """Copy the zygote's pages that commands write into this process, a step at
+    a time, until a request is waiting on ``sock`` (or the kernel cannot)."""
+    global _regions, _populated
     libc = ctypes.CDLL(None, use_errno=True)
     madvise = libc.madvise
     madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     try:
-        with open("/proc/self/maps") as maps:
-            regions = [line.split(None, 2)[:2] for line in maps]
+        _regions = _writable_regions()
     except OSError:
         return
-    for span, perms in regions:
-        if perms[1] != "w" or perms[3] != "p":
-            continue
-        start, end = (int(x, 16) for x in span.split("-"))
+    for start, end in _read_spans():
         for at in range(start, end, _POPULATE_STEP):
             if select.select([sock], [], [], 0)[0]:
                 return
-            if madvise(at, min(_POPULATE_STEP, end - at), MADV_POPULATE_WRITE) != 0:
+            size = min(_POPULATE_STEP, end - at)
+            if madvise(at, size, MADV_POPULATE_WRITE) != 0:
                 if ctypes.get_errno() == errno.EINVAL:  # a kernel before 5.14
                     return
-                break  # this mapping cannot be populated (a guard page): the next
+                break  # a span that cannot be populated (a guard page): the next
+            _populated = True
+
+
+def _written_spans() -> _Spans:
+    """The spans of the zygote's pages this process has its own copies of: their
+    pagemap entries are exclusively mapped."""
+    spans: _Spans = []
+    with open("/proc/self/pagemap", "rb") as pagemap:
+        for start, end in _regions:
+            pagemap.seek(start // _PAGE * 8)
+            entries = array.array("Q", pagemap.read((end - start) // _PAGE * 8))
+            run = -1
+            for i, entry in enumerate(entries):
+                if entry & _EXCLUSIVE:
+                    if run < 0:
+                        run = i
+                elif run >= 0:
+                    spans.append((start + run * _PAGE, start + i * _PAGE))
+                    run = -1
+            if run >= 0:
+                spans.append((start + run * _PAGE, end))
+    return spans
+
+
+def _note_written_pages() -> None:
+    """After a command: add the zygote's pages it wrote to the note that the next
+    spares read, when it wrote pages the note lacks. Only a process that copied
+    nothing in advance can tell which pages its command wrote: the first
+    commands, and those that came faster than spares were made."""
+    if _hot_file is None or not _regions or _populated:
+        return
+    try:
+        noted = _read_spans()
+        spans = _merge(noted + _written_spans())
+        if spans == noted:
+            return
+        partial = f"{_hot_file}.{os.getpid()}"
+        with open(partial, "w") as f:
+            f.writelines(f"{start} {end}\n" for start, end in spans)
+        os.replace(partial, _hot_file)
+    except (OSError, ValueError):
+        pass
 
 
 def _text_stream(fd: int, errors: str) -> io.TextIOWrapper:
@@ -340,6 +426,7 @@ def _child(request: dict[str, Any], out: int, err: int, status: int) -> None:
         try:
             code = code & 0xFF if isinstance(code, int) else 1
             os.write(status, f"{code}\n".encode())
+            _note_written_pages()  # the command has ended for its client
         finally:
             os._exit(code)
 
@@ -351,8 +438,14 @@ def main() -> None:
     sock = socket.socket(fileno=int(sys.argv[1]))
     _set_name(b"buildpy-zygote")
     warm_up()
+    global _hot_file
+    hot_dir = tempfile.mkdtemp(prefix="buildpy-zygote-")
+    _hot_file = os.path.join(hot_dir, "written-pages")
     sock.sendall(READY)
-    serve(sock)
+    try:
+        serve(sock)
+    finally:
+        shutil.rmtree(hot_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
