@@ -57,6 +57,7 @@ import socket
 import sys
 import tempfile
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -289,10 +290,16 @@ def _note_written_pages() -> None:
     """After a command: add the zygote's pages it wrote to the note that the next
     spares read, when it wrote pages the note lacks. Only a process that copied
     nothing in advance can tell which pages its command wrote: the first
-    commands, and those that came faster than spares were made."""
+    commands, and those that came faster than spares were made (then once a
+    minute: a burst of commands would read the same pages again and again)."""
     if _hot_file is None or not _regions or _populated:
         return
     try:
+        try:
+            if time.time() - os.stat(_hot_file).st_mtime < 60:
+                return
+        except FileNotFoundError:
+            pass
         noted = _read_spans()
         spans = _merge(noted + _written_spans())
         if spans == noted:
