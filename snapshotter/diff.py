@@ -37,6 +37,7 @@ import logging
 import os
 import shutil
 import stat
+import struct
 import tarfile
 from pathlib import Path
 from typing import BinaryIO
@@ -71,26 +72,103 @@ _UNSUPPORTED_OVERLAY_XATTRS = tuple(
 _XATTR_PAX_PREFIX = "SCHILY.xattr."
 _ENCODING = "utf-8"
 _ERRORS = "surrogateescape"  # names and xattr values are bytes; keep them so
+# Writes to a layer's stream smaller than this are gathered into one (_Blocks).
+_GATHER = 64 * 1024
+# The ustar header (POSIX.1-1988, as tarfile writes it): name, mode, uid, gid,
+# size, mtime, checksum, type, link name, magic and version, owner names,
+# device numbers, name prefix, then padding to a block.
+_USTAR = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s155s12x")
+_NAME_FIELD = 100
+_OCTAL_7 = 8**7  # the largest number a field of 7 octal digits holds, plus 1
+_OCTAL_11 = 8**11
+_ZERO_BLOCK = bytes(tarfile.BLOCKSIZE)
+_END_OF_ARCHIVE = bytes(2 * tarfile.BLOCKSIZE)
 
 
 # --------------------------------------------------------------------- writing
 
 
-class _Counted:
-    """A write-only file that knows how much was written: tarfile's mode "w"
-    asks ``tell()``, which a pipe or a blob writer cannot answer."""
+class _Blocks:
+    """The tar stream being written: counts what went out, for the padding at
+    the end, and gathers small writes. A header, a small file's data and each
+    padding would otherwise be a write of their own into ``out``, and each
+    write into a blob costs a system call and some Python; a layer of small
+    files is almost all such writes. Large pieces (file data, a hole's
+    ``ZEROS``, whose identity the blob writer uses) pass through as they are,
+    after what was gathered before them."""
 
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
-        self._pos = 0
+        self.size = 0
+        self._gathered = bytearray()
 
-    def write(self, data: bytes) -> int:
-        self._out.write(data)
-        self._pos += len(data)
-        return len(data)
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if len(data) >= _GATHER:
+            self.flush()
+            self._out.write(data)
+            return
+        self._gathered += data
+        if len(self._gathered) >= _GATHER:
+            self.flush()
 
-    def tell(self) -> int:
-        return self._pos
+    def flush(self) -> None:
+        if self._gathered:
+            # A copy: ``out`` may keep what it is given.
+            self._out.write(bytes(self._gathered))
+            self._gathered.clear()
+
+
+def _ustar_header(
+    name: str,
+    mode: int,
+    uid: int,
+    gid: int,
+    size: int,
+    mtime: int,
+    kind: bytes,
+    linkname: str,
+) -> bytes | None:
+    """The header tarfile's PAX format writes for an entry that needs no pax
+    record, or None for an entry that does.
+
+    Such an entry (ASCII names of at most 100 bytes, numbers that fit their
+    octal fields, no owner names, no device numbers, no xattrs) gets a lone
+    ustar header. ``TarInfo.tobuf`` makes these same bytes, but through a
+    dozen checks and conversions that cost four times this on every entry of
+    a layer; a test holds the two to the same bytes.
+    """
+    if not (
+        name.isascii()
+        and len(name) <= _NAME_FIELD
+        and linkname.isascii()
+        and len(linkname) <= _NAME_FIELD
+        and uid < _OCTAL_7
+        and gid < _OCTAL_7
+        and size < _OCTAL_11
+        and 0 <= mtime < _OCTAL_11
+    ):
+        return None
+    block = _USTAR.pack(
+        name.encode("ascii"),
+        b"%07o\0" % mode,
+        b"%07o\0" % uid,
+        b"%07o\0" % gid,
+        b"%011o\0" % size,
+        b"%011o\0" % mtime,
+        b" " * 8,  # the checksum counts its own field as spaces
+        kind,
+        linkname.encode("ascii"),
+        tarfile.POSIX_MAGIC,
+        b"",  # owner names: empty, as in all our layers
+        b"",
+        b"",  # device numbers: none, as for every entry but a device's
+        b"",
+        b"",  # prefix: unused, the name fits
+    )
+    # Six octal digits and a NUL over the first seven bytes of the field; the
+    # eighth stays a space.
+    return block[:148] + b"%06o\0" % sum(block) + block[155:]
 
 
 def write_layer(
@@ -114,46 +192,44 @@ def layer_is_empty(upperdir: Path) -> bool:
 
 
 class _TreeWriter:
+    """Writes a tree as a tar, the layout of tarfile's TarFile in PAX format:
+    each entry's header, its data padded to whole blocks, and at the end two
+    zero blocks and padding to a whole record. The headers come from
+    ``_ustar_header`` or, for the entries it leaves, ``TarInfo.tobuf``; the
+    framing is written here, not by a TarFile, which would copy every TarInfo
+    and keep them all (a layer of a million files would hold a million)."""
+
     def __init__(self, out: BinaryIO, epoch: int | None, *, overlay: bool) -> None:
-        self._out = out
+        self._blocks = _Blocks(out)
         self._epoch = epoch
         self._overlay = overlay
         # (st_dev, st_ino) of a file with several links -> its first name here.
         self._links: dict[tuple[int, int], str] = {}
 
     def write(self, root: Path) -> None:
-        # Mode "w" on a counting wrapper, not the stream mode "w|": the same
-        # bytes, but file data goes to ``out`` in CHUNK pieces as read, where
-        # "w|" re-slices every piece through a 10 KiB buffer (a hole's zeros
-        # would lose their identity, and large files their speed, there).
-        tar = tarfile.open(  # type: ignore[call-overload]
-            fileobj=_Counted(self._out),
-            mode="w",
-            format=tarfile.PAX_FORMAT,
-            encoding=_ENCODING,
-            errors=_ERRORS,
-            copybufsize=CHUNK,
-        )
-        with tar:
-            self._walk(tar, str(root), "")
+        self._walk(str(root), "")
+        blocks = self._blocks
+        blocks.write(_END_OF_ARCHIVE)
+        if tail := blocks.size % tarfile.RECORDSIZE:
+            blocks.write(bytes(tarfile.RECORDSIZE - tail))
+        blocks.flush()
 
-    def _walk(self, tar: tarfile.TarFile, dirpath: str, prefix: str) -> None:
+    def _walk(self, dirpath: str, prefix: str) -> None:
         names = sorted(os.listdir(dirpath), key=os.fsencode)
         for name in names:
             path = os.path.join(dirpath, name)
             try:
                 st = os.lstat(path)
-                self._entry(tar, path, prefix + name, name, st)
+                self._entry(path, prefix + name, name, st)
             except OSError as exc:
                 raise MachineError(f"{path}: cannot add to a tar: {exc}") from exc
 
-    def _entry(
-        self, tar: tarfile.TarFile, path: str, rel: str, name: str, st: os.stat_result
-    ) -> None:
+    def _entry(self, path: str, rel: str, name: str, st: os.stat_result) -> None:
+        add = self._blocks.write
         if self._overlay and stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
             parent, _, base = rel.rpartition("/")
             wh = (parent + "/" if parent else "") + WHITEOUT_PREFIX + base
-            tar.addfile(self._info(wh, st, tarfile.REGTYPE, xattrs={}))
+            add(self._header(wh, st, tarfile.REGTYPE, {}))
             return
         if self._overlay and name.startswith(WHITEOUT_PREFIX):
             raise UnrepresentableFile(
@@ -162,57 +238,65 @@ class _TreeWriter:
         xattrs = self._xattrs(path)
         mode = st.st_mode
         if stat.S_ISDIR(mode):
-            tar.addfile(self._info(rel, st, tarfile.DIRTYPE, xattrs))
-            if self._overlay and xattrs.pop(OVERLAY_OPAQUE_XATTR, None) == b"y":
+            add(self._header(rel, st, tarfile.DIRTYPE, xattrs))
+            if self._overlay and xattrs.get(OVERLAY_OPAQUE_XATTR) == b"y":
                 # Right after its directory, before any child: a reader that
                 # applies layers onto a merged tree clears the directory here.
-                opq = self._info(rel + "/" + WHITEOUT_OPAQUE, st, tarfile.REGTYPE, {})
-                opq.mode = 0o644
-                tar.addfile(opq)
-            self._walk(tar, path, rel + "/")
+                opq = rel + "/" + WHITEOUT_OPAQUE
+                add(self._header(opq, st, tarfile.REGTYPE, {}, mode=0o644))
+            self._walk(path, rel + "/")
         elif stat.S_ISREG(mode):
-            self._regular(tar, path, rel, st, xattrs)
+            self._regular(path, rel, st, xattrs)
         elif stat.S_ISLNK(mode):
-            info = self._info(rel, st, tarfile.SYMTYPE, xattrs)
-            info.linkname = os.readlink(path)
-            tar.addfile(info)
+            target = os.readlink(path)
+            add(self._header(rel, st, tarfile.SYMTYPE, xattrs, linkname=target))
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
             kind = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
-            info = self._info(rel, st, kind, xattrs)
-            info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
-            tar.addfile(info)
+            add(self._header(rel, st, kind, xattrs, device=st.st_rdev))
         elif stat.S_ISFIFO(mode):
-            tar.addfile(self._info(rel, st, tarfile.FIFOTYPE, xattrs))
+            add(self._header(rel, st, tarfile.FIFOTYPE, xattrs))
         else:
             # A socket: tar has no type for it, and it means nothing once its
             # process is gone (GNU tar skips them too).
             log.warning("%s: skipping a socket, which a tar cannot hold", path)
 
     def _regular(
-        self,
-        tar: tarfile.TarFile,
-        path: str,
-        rel: str,
-        st: os.stat_result,
-        xattrs: dict[str, bytes],
+        self, path: str, rel: str, st: os.stat_result, xattrs: dict[str, bytes]
     ) -> None:
+        add = self._blocks.write
         if st.st_nlink > 1:
             first = self._links.setdefault((st.st_dev, st.st_ino), rel)
             if first != rel:
-                info = self._info(rel, st, tarfile.LNKTYPE, xattrs)
-                info.linkname = first
-                tar.addfile(info)
+                add(self._header(rel, st, tarfile.LNKTYPE, xattrs, linkname=first))
                 return
-        info = self._info(rel, st, tarfile.REGTYPE, xattrs)
-        info.size = st.st_size
+        size = st.st_size
+        add(self._header(rel, st, tarfile.REGTYPE, xattrs, size=size))
+        if size == 0:
+            return
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            # In CHUNK pieces, the file never all in memory; holes as zeros
-            # that are not read (snapshotter/sparse.py).
-            reader = HoleSkippingReader(fd, st.st_size)
-            tar.addfile(info, reader)  # type: ignore[arg-type]
+            if size <= CHUNK and st.st_blocks * 512 >= size:
+                # Small, and as many bytes allocated as it holds: no hole to
+                # skip, so one read.
+                data = os.pread(fd, size, 0)
+                if len(data) < size:
+                    raise OSError("unexpected end of data")
+                add(data)
+            else:
+                # In CHUNK pieces, the file never all in memory; holes as
+                # zeros that are not read (snapshotter/sparse.py).
+                reader = HoleSkippingReader(fd, size)
+                left = size
+                while left:
+                    piece = reader.read(min(left, CHUNK))
+                    if not piece:
+                        raise OSError("unexpected end of data")  # it shrank
+                    add(piece)
+                    left -= len(piece)
         finally:
             os.close(fd)
+        if tail := size % tarfile.BLOCKSIZE:
+            add(_ZERO_BLOCK[tail:])
 
     def _xattrs(self, path: str) -> dict[str, bytes]:
         try:
@@ -232,24 +316,51 @@ class _TreeWriter:
                 result[key] = os.getxattr(path, key, follow_symlinks=False)
         return result
 
-    def _info(
-        self, name: str, st: os.stat_result, kind: bytes, xattrs: dict[str, bytes]
-    ) -> tarfile.TarInfo:
-        info = tarfile.TarInfo(name)
-        info.type = kind
-        info.mode = stat.S_IMODE(st.st_mode)
-        info.uid, info.gid = st.st_uid, st.st_gid
-        info.uname = info.gname = ""
+    def _header(
+        self,
+        name: str,
+        st: os.stat_result,
+        kind: bytes,
+        xattrs: dict[str, bytes],
+        *,
+        mode: int | None = None,
+        size: int = 0,
+        linkname: str = "",
+        device: int | None = None,
+    ) -> bytes:
+        """The header of one entry: the mode, owners and mtime of ``st`` (the
+        mtime in whole seconds, clamped to the epoch), no owner names, and the
+        xattrs as pax records."""
+        if mode is None:
+            mode = stat.S_IMODE(st.st_mode)
         mtime = st.st_mtime_ns // 1_000_000_000
         if self._epoch is not None:
             mtime = min(mtime, self._epoch)
-        info.mtime = mtime
-        info.pax_headers = {
+        pax = {
             _XATTR_PAX_PREFIX + key: value.decode(_ENCODING, _ERRORS)
             for key, value in xattrs.items()
             if key != OVERLAY_OPAQUE_XATTR
         }
-        return info
+        if not pax and device is None:
+            # tarfile names a directory with a trailing slash.
+            plain = name + "/" if kind == tarfile.DIRTYPE else name
+            header = _ustar_header(
+                plain, mode, st.st_uid, st.st_gid, size, mtime, kind, linkname
+            )
+            if header is not None:
+                return header
+        info = tarfile.TarInfo(name)
+        info.type = kind
+        info.mode = mode
+        info.uid, info.gid = st.st_uid, st.st_gid
+        info.uname = info.gname = ""
+        info.size = size
+        info.mtime = mtime
+        info.linkname = linkname
+        if device is not None:
+            info.devmajor, info.devminor = os.major(device), os.minor(device)
+        info.pax_headers = pax
+        return info.tobuf(tarfile.PAX_FORMAT, _ENCODING, _ERRORS)
 
 
 # ------------------------------------------------------------------ extracting

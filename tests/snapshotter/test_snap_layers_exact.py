@@ -97,3 +97,114 @@ def test_a_large_sparse_file_streams(tmp_path: Path) -> None:
     assert sink.count > size
     header = tarfile.TarInfo.frombuf(sink.head[1024:1536], "utf-8", "strict")
     assert header.name == "huge"
+
+
+def _tarfile_tree(root: Path, epoch: int | None) -> bytes:
+    """The tar that tarfile's own TarFile writes for a plain tree, as a layer
+    is defined: depth first, names in byte order, PAX, numeric owners and no
+    owner names, whole-second mtimes (clamped to ``epoch``), hard links after
+    their first name, and xattrs as SCHILY records."""
+    out = io.BytesIO()
+    links: dict[int, str] = {}
+
+    def walk(tar: tarfile.TarFile, directory: Path, prefix: str) -> None:
+        for name in sorted(os.listdir(directory), key=os.fsencode):
+            path = directory / name
+            st = os.lstat(path)
+            info = tarfile.TarInfo(prefix + name)
+            info.mode = stat.S_IMODE(st.st_mode)
+            info.uid, info.gid, info.uname, info.gname = st.st_uid, st.st_gid, "", ""
+            info.mtime = st.st_mtime_ns // 10**9
+            if epoch is not None:
+                info.mtime = min(info.mtime, epoch)
+            info.pax_headers = {
+                "SCHILY.xattr." + key: os.getxattr(
+                    path, key, follow_symlinks=False
+                ).decode("utf-8", "surrogateescape")
+                for key in sorted(os.listxattr(path, follow_symlinks=False))
+            }
+            data = None
+            if stat.S_ISDIR(st.st_mode):
+                info.type = tarfile.DIRTYPE
+            elif stat.S_ISLNK(st.st_mode):
+                info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
+            elif stat.S_ISFIFO(st.st_mode):
+                info.type = tarfile.FIFOTYPE
+            elif not stat.S_ISREG(st.st_mode):
+                info.type = (
+                    tarfile.CHRTYPE if stat.S_ISCHR(st.st_mode) else (tarfile.BLKTYPE)
+                )
+                info.devmajor, info.devminor = (
+                    os.major(st.st_rdev),
+                    os.minor(st.st_rdev),
+                )
+            elif st.st_nlink > 1 and st.st_ino in links:
+                info.type, info.linkname = tarfile.LNKTYPE, links[st.st_ino]
+            else:
+                links.setdefault(st.st_ino, info.name)
+                info.size = st.st_size
+                data = io.BytesIO(path.read_bytes())
+            tar.addfile(info, data)
+            if stat.S_ISDIR(st.st_mode):
+                walk(tar, path, info.name + "/")
+
+    with tarfile.open(
+        fileobj=out,
+        mode="w",
+        format=tarfile.PAX_FORMAT,
+        encoding="utf-8",
+        errors="surrogateescape",
+    ) as tar:
+        walk(tar, root, "")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("epoch", [None, 1_400_000_000])
+def test_layer_bytes_are_those_tarfile_writes(
+    tmp_path: Path, epoch: int | None
+) -> None:
+    """The layer writer frames its tar and writes most headers itself: every
+    kind of entry, name, number and size gives tarfile's own bytes."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "empty").write_bytes(b"")
+    (src / "small").write_bytes(b"hello\n")
+    (src / "block").write_bytes(b"b" * 512)
+    (src / "chunks").write_bytes(os.urandom((1 << 20) * 2 + 3))  # CHUNK pieces
+    with open(src / "holes", "wb") as f:  # a hole, data, and a hole at the end
+        f.seek(3 << 20)
+        f.write(b"data")
+        f.truncate(5 << 20)
+    (src / "setuid").write_bytes(b"#!/bin/sh\n")
+    os.chmod(src / "setuid", 0o4755)
+    os.link(src / "small", src / "small-link")
+    (src / "sym").symlink_to("small")
+    (src / "long-target").symlink_to("t" * 150)
+    os.mkfifo(src / "fifo")
+    os.mknod(src / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    os.mknod(src / "big-dev", stat.S_IFBLK | 0o600, os.makedev(259, 70000))
+    for length in (99, 100, 101):  # a directory's name gets a "/" in the tar
+        (src / ("d" * length)).mkdir()
+        (src / ("f" * length)).write_text("x")
+    (src / "caf\u00e9").write_text("not ascii")
+    (src / os.fsdecode(b"raw-\xff")).write_text("not utf-8")
+    (src / "xattr").write_text("x")
+    os.setxattr(src / "xattr", "user.note", b"\xffbinary")
+    owners = {"uid-max": (8**7 - 1, 0), "uid-big": (8**7, 2**31 - 2)}
+    for name, (uid, gid) in owners.items():
+        (src / name).write_text(name)
+        os.chown(src / name, uid, gid)
+    times = {"epoch0": 0, "before-1970": -5, "far": 8**11 - 1, "too-far": 8**11}
+    for name, seconds in times.items():
+        (src / name).write_text(name)
+        try:
+            os.utime(src / name, ns=(0, seconds * 10**9 + 999_999_999))
+        except OSError:
+            pytest.skip(f"this file system cannot hold an mtime of {seconds} s")
+    (src / "sub/deeper").mkdir(parents=True)
+    (src / "sub/deeper/file").write_text("deep")
+    os.utime(src / "sub", ns=(0, 1_500_000_000 * 10**9))
+
+    layer = io.BytesIO()
+    write_tree(src, layer, source_date_epoch=epoch)
+    assert layer.getvalue() == _tarfile_tree(src, epoch)
