@@ -8,13 +8,15 @@ image: names, contents, modes, owners, mtimes, symlinks, hard links.
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
 import io
 import lzma
 import os
 import stat
+import subprocess
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -592,6 +594,143 @@ def test_parents_see_no_ignored_entries(ctx: Path, dest: Path) -> None:
         dest, ctx, "x/*/keep.txt", to="/dst/", parents=True, ignore=FakeIgnore("x/b")
     )
     assert files_under(dest / "dst") == ["x", "x/a", "x/a/keep.txt"]
+
+
+# --- large trees (their regular files are copied on threads) ------------------------
+
+
+def tree_state(root: Path) -> dict[str, tuple[object, ...]]:
+    """What a user sees of every entry below ``root``: type, mode, owner,
+    mtime, and the content, link target or device; plus, for files with
+    several names, the names that share an inode."""
+    state: dict[str, tuple[object, ...]] = {}
+    inodes: dict[int, list[str]] = {}
+    for directory, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = Path(directory, name)
+            rel = str(path.relative_to(root))
+            st = os.lstat(path)
+            what: object = None
+            if stat.S_ISREG(st.st_mode):
+                what = path.read_bytes()
+                inodes.setdefault(st.st_ino, []).append(rel)
+            elif stat.S_ISLNK(st.st_mode):
+                what = os.readlink(path)
+            elif stat.S_ISCHR(st.st_mode):
+                what = st.st_rdev
+            mode, owner = st.st_mode, (st.st_uid, st.st_gid)
+            state[rel] = (mode, owner, st.st_mtime_ns, what)
+    for names in inodes.values():
+        for rel in names if len(names) > 1 else []:
+            state[rel] += (sorted(names),)
+    return state
+
+
+def big_tree(src: Path, dirs: int = 12, files: int = 25) -> None:
+    """A tree of every kind of entry, with many regular files."""
+    modes = [0o644, 0o600, 0o755, 0o4755, 0o2750, 0o444]
+    for d in range(dirs):
+        sub = src / f"d{d:02}"
+        sub.mkdir(parents=True)
+        for f in range(files):
+            n = d * files + f
+            path = sub / f"f{f:03}"
+            path.write_bytes(f"file {n}\n".encode() * (n % 7))  # some are empty
+            os.chown(path, 1000 + n % 3, 2000 + n % 5)
+            os.chmod(path, modes[n % len(modes)])  # after chown, which clears setuid
+            os.utime(path, ns=(OLD_NS, OLD_NS + n))
+        (sub / "link").symlink_to(f"f{d:03}")
+        os.chown(sub / "link", 7, 8, follow_symlinks=False)
+        os.utime(sub / "link", ns=(OLD_NS, OLD_NS - d), follow_symlinks=False)
+    big = src / "d00" / "big"
+    big.write_bytes(os.urandom(3 << 20))  # more than one sendfile chunk
+    os.link(src / "d00/f001", src / f"d{dirs - 1:02}/hard")
+    os.mkfifo(src / "d01/fifo")
+    os.mknod(src / "d01/null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    os.mkdir(src / "d02/empty", 0o700)
+    for d in [*src.iterdir(), src / "d02/empty"]:
+        os.utime(d, ns=(OLD_NS, OLD_NS - 1000))
+
+
+def test_a_large_tree_is_copied_exactly(ctx: Path, dest: Path) -> None:
+    big_tree(ctx / "t")
+    run_copy(dest, ctx, "t", to="/app", from_context=False)
+    assert tree_state(dest / "app") == tree_state(ctx / "t")
+
+
+def test_a_large_tree_replaces_what_the_destination_holds(
+    ctx: Path, dest: Path
+) -> None:
+    big_tree(ctx / "t")
+    write(dest / "app/d03/f000", "old")
+    write(dest / "app/d03/zzz", "kept")
+    (dest / "elsewhere").mkdir()
+    (dest / "app/d04").symlink_to("/elsewhere")  # a directory in the root: followed
+    run_copy(dest, ctx, "t", to="/app", from_context=False)
+    expected = tree_state(ctx / "t")
+    below = {rel[4:]: v for rel, v in expected.items() if rel.startswith("d04/")}
+    got = tree_state(dest / "app")
+    assert got.pop("d03/zzz")[3] == b"kept"
+    assert os.readlink(dest / "app/d04") == "/elsewhere"
+    del got["d04"], expected["d04"]
+    assert got == {k: v for k, v in expected.items() if not k.startswith("d04/")}
+    assert tree_state(dest / "elsewhere") == below
+
+
+def test_a_directory_written_twice_through_a_symlink_gets_the_later_files(
+    ctx: Path, dest: Path
+) -> None:
+    # b sorts after a, and the destination's b points to a: the copy writes a's
+    # files, then b's over them, as one thread would.
+    for name in "ab":
+        for i in range(100):
+            write(ctx / "t" / name / f"f{i:03}", f"{name}{i}")
+    (dest / "app").mkdir()
+    (dest / "app/b").symlink_to("a")
+    run_copy(dest, ctx, "t", to="/app")
+    assert {p.name: p.read_text() for p in (dest / "app/a").iterdir()} == {
+        f"f{i:03}": f"b{i}" for i in range(100)
+    }
+    assert os.readlink(dest / "app/b") == "a"
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A tmpfs with the limit given by the test's parameter, unmounted after."""
+    root = tmp_path / "small"
+    root.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", request.param, "tmpfs", str(root)], check=True
+    )
+    try:
+        yield root
+    finally:
+        if os.path.ismount(root):
+            subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+@pytest.mark.parametrize(
+    ("small_fs", "size"),
+    [("nr_inodes=60", 10), ("size=256k", 8192)],
+    indirect=["small_fs"],
+    ids=["inodes", "space"],
+)
+def test_a_full_destination_stops_the_copy_at_the_first_file_it_cannot_write(
+    ctx: Path, small_fs: Path, size: int
+) -> None:
+    # Several directories: their files are copied at the same time.
+    names = [f"{d}/f{i:03}" for d in "abcd" for i in range(50)]
+    for name in names:
+        write(ctx / "t" / name, name[-1] * size)
+    with pytest.raises(OSError) as raised:
+        run_copy(small_fs, ctx, "t", to="/app")
+    assert raised.value.errno == errno.ENOSPC
+    failed = Path(raised.value.filename).relative_to(small_fs / "app").as_posix()
+    assert failed in names
+    for name in names[: names.index(failed)]:  # everything before it is there
+        assert (small_fs / "app" / name).read_text() == name[-1] * size
+    # No thread is left writing: the file system can go at once.
+    subprocess.run(["umount", str(small_fs)], check=True)
 
 
 # --- ADD of local archives ------------------------------------------------------------
