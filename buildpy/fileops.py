@@ -60,7 +60,7 @@ import re
 import stat
 import tarfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -896,6 +896,21 @@ def _file_pool(files: int) -> Iterator[_FilePool | None]:
         pool.close()
 
 
+@dataclass(frozen=True)
+class Kept:
+    """Regular files that an earlier run of the same copy left in the
+    destination (snapshotter.clone) and that need no writing again.
+
+    ``sources`` are the context paths (``Selected.relpath``) whose content and
+    written mode did not change since that run; ``placed`` the paths, relative
+    to the destination root, of the files it wrote that are there as it wrote
+    them. A file is kept when both name it; the cache key covers everything
+    else a copy's result depends on (the op, the parent, the owner)."""
+
+    sources: Collection[str]
+    placed: Collection[str]
+
+
 class _Writer:
     """Writes selected entries under real directories of ``dest_root``; keeps
     hard links between copied files, and sets directory mtimes last (writing
@@ -907,11 +922,15 @@ class _Writer:
         owner: tuple[int, int] | None,
         mode: int | None,
         keep_owner: bool,
+        kept: Kept | None = None,
     ) -> None:
         self.root = root
         self.owner = owner
         self.mode = mode
         self.keep_owner = keep_owner
+        self.kept = kept
+        self.kept_count = 0
+        self._prefix = f"{root}/"
         self.links: dict[tuple[int, int], str] = {}
         self.dir_times: list[tuple[_StrPath, tuple[int, int]]] = []
 
@@ -949,6 +968,8 @@ class _Writer:
         mode = self.mode if self.mode is not None else stat.S_IMODE(st.st_mode)
         if stat.S_ISREG(st.st_mode):
             path = os.fspath(dst)
+            if not fresh and self._keeps(e, path):
+                return False
             if not fresh:
                 _clear(path, for_dir=False)
             if st.st_nlink > 1:
@@ -983,6 +1004,19 @@ class _Writer:
             _set_meta(dst, uid, gid, mode, times)
         return False
 
+    def _keeps(self, e: Selected, path: str) -> bool:
+        kept = self.kept
+        if (
+            kept is None
+            or e.st.st_nlink > 1  # whether it is linked is decided again
+            or e.relpath not in kept.sources
+            or not path.startswith(self._prefix)
+            or path[len(self._prefix) :] not in kept.placed
+        ):
+            return False
+        self.kept_count += 1
+        return True
+
     def finish(self) -> None:
         for path, times in reversed(self.dir_times):
             os.utime(path, ns=times, follow_symlinks=False)
@@ -999,17 +1033,20 @@ def copy(
     *,
     ignore: Ignore | None,
     from_context: bool,
-) -> None:
+    kept: Kept | None = None,
+) -> int:
     """Run a COPY or ADD: write what ``select_sources`` selects from
-    ``src_root`` to ``action.dest`` inside ``dest_root``."""
+    ``src_root`` to ``action.dest`` inside ``dest_root``, except the files
+    ``kept`` says are there already. Returns how many of those it kept."""
     entries = select_sources(src_root, action, ignore, from_context=from_context)
     owner = resolve_owner(dest_root, action.chown) if action.chown else None
-    writer = _Writer(dest_root, owner, parse_chmod(action.chmod), not from_context)
+    chmod = parse_chmod(action.chmod)
+    writer = _Writer(dest_root, owner, chmod, not from_context, kept)
     dest = posixpath.normpath("/" + action.dest.lstrip("/"))
     if action.parents:
         _copy_parents(dest_root, dest, entries, writer, action.unpack)
         writer.finish()
-        return
+        return writer.kept_count
     dest_dir = _dest_is_dir(action.dest)
     tops = [e for e in entries if not e.inner]
     if len(tops) > 1 and not dest_dir:
@@ -1028,6 +1065,7 @@ def copy(
     for group in groups:
         _copy_one(dest_root, dest, dest_dir, group, writer, action.unpack)
     writer.finish()
+    return writer.kept_count
 
 
 def _copy_parents(

@@ -7,15 +7,26 @@ or run a process in an OCI bundle whose rootfs is the mount), unmount it and
 commit it under a fresh name, which is the vertex's result. Mount points and
 bundles live under the state root's mnt/ and bundles/ and are removed on every
 path out, cancellation included: unmounting runs in a shielded scope.
+
+A COPY of one directory of the context that missed the cache because some of
+its files changed is built on the result of its last run when the solver
+names one (``execute_from``): the new snapshot starts as a copy of that one
+whose regular files are hard links (Snapshotter.populate), and the copy then
+writes everything but the files whose content and mode did not change. The
+result is the one a full copy gives, but for the times of the kept files, which
+are those of the earlier run, as they are on any cache hit. Only one literal
+source qualifies, and only when no file of the earlier run is gone and no
+directory, symlink or special file changed; anything else is copied in full.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -23,7 +34,7 @@ import trio
 
 from buildpy.engine import Engine
 from buildpy.errors import BuildpyError
-from buildpy.fileops import FileOpError, Ignore, copy, mkdir, mkfile
+from buildpy.fileops import FileOpError, Ignore, Kept, copy, mkdir, mkfile
 from buildpy.mounts import SecretSource, SSHSource, StepMounts, context_bind_actions
 from runtime import Executor, ProcessSpec, UserNotFound, make_bundle
 from snapshotter.errors import SnapshotError
@@ -41,7 +52,9 @@ from solver.graph import (
     ScratchSource,
     Vertex,
 )
-from solver.worker import LogSink
+from solver.worker import EarlierRun, LogSink
+
+logger = logging.getLogger(__name__)
 
 CONTEXT_RESULT = "context"
 SCRATCH_RESULT = ""
@@ -169,6 +182,24 @@ class BuildWorker:
         return await self._thread(self.engine.snapshots_exist, results)
 
     async def execute(self, vertex: Vertex, inputs: Sequence[str], log: LogSink) -> str:
+        return await self._execute(vertex, inputs, log, None)
+
+    async def execute_from(
+        self,
+        vertex: Vertex,
+        inputs: Sequence[str],
+        log: LogSink,
+        earlier: EarlierRun,
+    ) -> str:
+        return await self._execute(vertex, inputs, log, earlier)
+
+    async def _execute(
+        self,
+        vertex: Vertex,
+        inputs: Sequence[str],
+        log: LogSink,
+        earlier: EarlierRun | None,
+    ) -> str:
         op = vertex.op
         # Imported cache hits (buildpy.cacheio) are fetched when a step reads them.
         inputs = [await self._thread(self.engine.materialize, r) for r in inputs]
@@ -199,7 +230,7 @@ class BuildWorker:
                 except BuildpyError as exc:  # httpsource.FetchError
                     raise ExecutionError(str(exc)) from exc
             if isinstance(op, FileOp):
-                return await self._file(vertex, op, inputs)
+                return await self._file(vertex, op, inputs, log, earlier)
             if isinstance(op, ExecOp):
                 return await self._exec(op, inputs, log)
         except SnapshotError as exc:
@@ -209,16 +240,25 @@ class BuildWorker:
     # --- mounts ---------------------------------------------------------------
 
     @asynccontextmanager
-    async def _active(self, parent: str, target: Path) -> AsyncIterator[_Active]:
+    async def _active(
+        self, parent: str, target: Path, like: str | None = None
+    ) -> AsyncIterator[_Active]:
         """An active snapshot on ``parent`` mounted at ``target``. When the body
         ends normally the snapshot is unmounted and only then committed (a
         committed snapshot may at once become another step's lowerdir, so it must
         no longer be writable); its name is then ``.name``. When the body fails,
-        the snapshot is removed."""
+        the snapshot is removed. ``like``: a result on the same parent to start
+        from (``.placed`` then names its files), when it can be had."""
         active = _Active(key="active-" + _new_id())
         snaps = self.engine.snapshots
         await self._thread(snaps.prepare, active.key, parent or None)
         try:
+            if like is not None:
+                try:
+                    active.placed = await self._thread(snaps.populate, active.key, like)
+                except SnapshotError as exc:
+                    # Gone meanwhile, or unreadable: the step copies in full.
+                    logger.debug("not starting from %s: %s", like, exc)
             target.mkdir(parents=True, exist_ok=True)
             await self._thread(snaps.mount, active.key, target)
             try:
@@ -259,15 +299,25 @@ class BuildWorker:
             with trio.CancelScope(shield=True):
                 await self._thread(remove_tree, target)
 
-    async def _file(self, vertex: Vertex, op: FileOp, inputs: Sequence[str]) -> str:
+    async def _file(
+        self,
+        vertex: Vertex,
+        op: FileOp,
+        inputs: Sequence[str],
+        log: LogSink,
+        earlier: EarlierRun | None,
+    ) -> str:
         target = self.engine.root / "mnt" / ("file-" + _new_id())
-        async with self._active(inputs[0], target) as active:
+        unchanged = _unchanged_files(vertex, self._details.get(vertex.digest), earlier)
+        like = earlier.result if earlier is not None and unchanged else None
+        async with self._active(inputs[0], target, like) as active:
+            kept = Kept(unchanged, active.placed) if active.placed else None
             for action in op.actions:
                 try:
                     if isinstance(action, CopyAction):
                         result = inputs[action.source]
                         async with self._source(result) as src:
-                            await self._thread(
+                            count = await self._thread(
                                 partial(
                                     copy,
                                     target,
@@ -277,8 +327,11 @@ class BuildWorker:
                                     if result == CONTEXT_RESULT
                                     else None,
                                     from_context=result == CONTEXT_RESULT,
+                                    kept=kept,
                                 )
                             )
+                        if count:
+                            await log(1, _kept_line(count))
                     elif isinstance(action, MkdirAction):
                         await self._thread(mkdir, target, action)
                     elif isinstance(action, MkfileAction):
@@ -324,12 +377,53 @@ class BuildWorker:
                 await self._thread(remove_tree, bundle)
 
 
+def _unchanged_files(
+    vertex: Vertex,
+    detail: dict[str, list[str]] | None,
+    earlier: EarlierRun | None,
+) -> set[str]:
+    """The context files of a COPY that an earlier run of it read as they are
+    now (content and written mode): the files a copy built on that run's
+    result may keep. Empty when it cannot be built on (see the module's
+    docstring)."""
+    op = vertex.op
+    if earlier is None or detail is None or not isinstance(op, FileOp):
+        return set()
+    if len(op.actions) != 1 or not isinstance(action := op.actions[0], CopyAction):
+        return set()
+    if (
+        action.unpack
+        or action.parents
+        or len(action.sources) != 1
+        or any(ch in action.sources[0] for ch in "*?[\\")
+        or not isinstance(vertex.inputs[action.source].op, ContextSource)
+    ):
+        return set()
+    unchanged: set[str] = set()
+    for path, was in earlier.detail.items():
+        now = detail.get(path)
+        if now is None or now[0] != was[0]:
+            return set()  # gone, or of another kind: a full copy removes it
+        if now == was:
+            if now[0] == "file":
+                unchanged.add(path)
+        elif now[0] != "file":
+            return set()  # a directory's mode, a symlink's target: rare
+    return unchanged
+
+
+def _kept_line(count: int) -> bytes:
+    return f"{count:,} unchanged files kept from this step's last run\n".encode()
+
+
 @dataclass
 class _Active:
-    """An active snapshot being changed; ``name`` once it is committed."""
+    """An active snapshot being changed; ``name`` once it is committed;
+    ``placed`` the files it started with (``BuildWorker._active``'s ``like``)."""
 
     key: str
     name: str | None = None
+    placed: set[str] = field(default_factory=set)
 
 
 def _shown_command(args: Sequence[str]) -> str:

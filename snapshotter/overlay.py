@@ -64,6 +64,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from snapshotter.clone import link_tree
 from snapshotter.errors import (
     MachineError,
     MountError,
@@ -364,6 +365,27 @@ class Snapshotter:
             shutil.rmtree(self._dir(sid), ignore_errors=True)
             raise MachineError(f"cannot create snapshot {key!r}: {exc}") from exc
         return self._dir(sid) / "fs"
+
+    def populate(self, key: str, like: str) -> set[str]:
+        """Fill the fs dir of the active, unmounted snapshot ``key`` with that
+        of the committed ``like``, which has the same parent: the start of a
+        step built from an earlier run of itself (snapshotter.clone). Returns
+        the paths of the regular files that a writer may keep. On failure the
+        fs dir is left empty again."""
+        sid, parent, kind, _ = self._row(key)
+        like_sid, like_parent, like_kind, _ = self._row(like)
+        if kind != "active" or like_kind != "committed" or like_parent != parent:
+            raise SnapshotStateError(
+                f"cannot populate {key!r} from {like!r}: expected an active "
+                "snapshot and a committed one on the same parent"
+            )
+        fs = self._dir(sid) / "fs"
+        try:
+            return link_tree(str(self._dir(like_sid) / "fs"), str(fs))
+        except OSError as exc:
+            shutil.rmtree(fs, ignore_errors=True)
+            fs.mkdir(exist_ok=True)
+            raise MachineError(f"cannot populate {key!r} from {like!r}: {exc}") from exc
 
     def commit(self, key: str, name: str) -> None:
         """Make the active snapshot ``key`` committed under ``name``.

@@ -248,6 +248,17 @@ class CacheStore:
             vertex, origin, nearest.origin, self._input_op, build_args
         )
 
+    def earlier_run(self, origin: KeyOrigin) -> CacheRecord | None:
+        """The most recently used record of the same op on the same inputs that
+        read other content (the files of the context it copies changed), or
+        None. A worker may build the new result from that record's, changing
+        only the files whose detail differs (buildpy.worker)."""
+        inputs = json.dumps(list(origin.input_keys))
+        return self._latest(
+            "op_digest = ? AND input_keys = ? AND content IS NOT ?",
+            (origin.op_digest, inputs, origin.content),
+        )
+
     def _nearest(self, origin: KeyOrigin) -> CacheRecord | None:
         inputs = json.dumps(list(origin.input_keys))
         probes: list[tuple[str, tuple[Any, ...]]] = [
@@ -259,17 +270,21 @@ class CacheStore:
         if origin.name:
             probes.append(("name = ?", (origin.name,)))
         for where, params in probes:
-            row = self._guarded(
-                "look for an earlier record",
-                lambda where=where, params=params: self._conn.execute(  # type: ignore[misc]
-                    f"SELECT {_COLUMNS} FROM cache_records WHERE {where}"
-                    " ORDER BY last_used DESC LIMIT 1",
-                    params,
-                ).fetchone(),
-            )
-            if row is not None:
-                return _record(row)
+            record = self._latest(where, params)
+            if record is not None:
+                return record
         return None
+
+    def _latest(self, where: str, params: tuple[Any, ...]) -> CacheRecord | None:
+        row = self._guarded(
+            "look for an earlier record",
+            lambda: self._conn.execute(
+                f"SELECT {_COLUMNS} FROM cache_records WHERE {where}"
+                " ORDER BY last_used DESC LIMIT 1",
+                params,
+            ).fetchone(),
+        )
+        return None if row is None else _record(row)
 
     def _input_op(self, key: str) -> dict[str, Any] | None:
         """The op encoding recorded for an (old) input key, if any."""

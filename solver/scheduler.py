@@ -30,6 +30,13 @@ A solve has two phases, each on its own nursery.
    Lookups are memoised per digest too, so a vertex that is both probed and
    resolved is looked up, and reported cached, once.
 
+   A vertex that reads content (files of the context) and misses may still
+   have a record of an earlier run on the same inputs that read other
+   content. When the worker has the optional ``execute_from``, it gets that
+   run (its result and per-file detail) and may build the new result from
+   it, rewriting only what changed: the rebuild after one file of a large
+   context changed copies that file, not the context.
+
 Failure. Every task catches its own exceptions, so that nothing but Cancelled
 ever reaches the nursery (and solve() never raises a MultiError). The first
 failure is kept, wrapped in VertexFailed (a CacheMiss is kept as it is: it
@@ -80,7 +87,7 @@ from solver.progress import (
     VertexWaiting,
     discard,
 )
-from solver.worker import Worker
+from solver.worker import EarlierRun, Worker
 
 log = logging.getLogger("solver")
 
@@ -506,6 +513,7 @@ class _Solve:
         input_keys = [self.keys[i.digest] for i in vertex.inputs]
         content = self.contents[vertex.digest]
         reason = await self._miss_reason(vertex, input_keys, cacheable)
+        earlier = await self._earlier_run(vertex, input_keys, content, cacheable)
 
         async def sink(stream: int, data: bytes) -> None:
             self.report(VertexLog(vertex, stream, data, time.time()))
@@ -516,7 +524,12 @@ class _Solve:
             started, clock = time.time(), trio.current_time()
             self.report(VertexStarted(vertex, started, reason))
             try:
-                result = await self.worker.execute(vertex, inputs, sink)
+                if earlier is None:
+                    result = await self.worker.execute(vertex, inputs, sink)
+                else:
+                    result = await self.worker.execute_from(  # type: ignore[attr-defined]
+                        vertex, inputs, sink, earlier
+                    )
             except (trio.Cancelled, KeyboardInterrupt):
                 self.report(VertexCanceled(vertex, time.time(), self.cancel_reason))
                 raise
@@ -530,6 +543,29 @@ class _Solve:
             vertex, key, False, result, started, ended, reason
         )
         return result
+
+    async def _earlier_run(
+        self,
+        vertex: Vertex,
+        input_keys: Sequence[str],
+        content: str | None,
+        cacheable: bool,
+    ) -> EarlierRun | None:
+        """An earlier run of ``vertex`` on the same inputs that read other
+        content, for a worker that can build on one (``execute_from``); None
+        when the vertex's records are not to be used."""
+        if (
+            not cacheable
+            or content is None
+            or vertex.digest in self.ignored
+            or not hasattr(self.worker, "execute_from")
+        ):
+            return None
+        origin = key_origin(vertex, input_keys, content)
+        record = await trio.to_thread.run_sync(self.solver.cache.earlier_run, origin)
+        if record is None or record.origin is None or record.origin.detail is None:
+            return None
+        return EarlierRun(record.result, record.origin.detail)
 
     async def _miss_reason(
         self, vertex: Vertex, input_keys: Sequence[str], cacheable: bool

@@ -12,12 +12,22 @@ that reads it, or to ``exists`` when a later build finds the record.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from solver.graph import Vertex
 
 # stream is 1 for stdout, 2 for stderr, as in BuildKit's VertexLog.
 LogSink = Callable[[int, bytes], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class EarlierRun:
+    """A recorded run of a vertex on the same inputs that read other content:
+    its result, and the per-file detail of what it read (``content_detail``)."""
+
+    result: str
+    detail: dict[str, list[str]]
 
 
 class Worker(Protocol):
@@ -50,3 +60,12 @@ class Worker(Protocol):
     def cacheable(self, vertex: Vertex) -> bool:
         """False for vertices whose result must never be recorded (the context)."""
         ...
+
+    # Optional, looked up with getattr by the scheduler:
+    #
+    # def content_detail(self, vertex) -> dict[str, list[str]] | None
+    #     Per-file detail of the last content_checksum of ``vertex``, kept with
+    #     its record to name a changed file.
+    # async def execute_from(self, vertex, inputs, log, earlier: EarlierRun) -> str
+    #     ``execute``, given an earlier run to build the result from. It must
+    #     give what ``execute`` would (the cache key says the two are the same).
