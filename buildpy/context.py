@@ -144,16 +144,21 @@ class ContextHasher:
         action: CopyAction,
         ignore: Ignore | None,
         detail: dict[str, list[str]] | None = None,
+        selected: list[Selected] | None = None,
     ) -> str:
         """sha256 over what ``action`` reads from ``context_dir`` and the
         metadata it writes. Raises fileops.FileOpError for a missing source.
 
         ``detail``, when given, gets one entry per path read (relative to the
         context): ``[kind, value, mode]`` as solver.explain.file_changes reads
-        it, so that a cache miss can name the file that changed."""
+        it, so that a cache miss can name the file that changed. ``selected``,
+        when given, gets the entries read (``select_sources``'s list), which
+        the copy can write without walking the context again."""
         root = context_dir.resolve()
         started = self.clock()  # before the walk: see the theory above
         entries = select_sources(root, action, ignore, from_context=True)
+        if selected is not None:
+            selected.extend(entries)
         records = self._load(root)
         fresh: dict[bytes, _Record] = {}
         chmod = parse_chmod(action.chmod)

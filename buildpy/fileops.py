@@ -1034,11 +1034,16 @@ def copy(
     ignore: Ignore | None,
     from_context: bool,
     kept: Kept | None = None,
+    selected: list[Selected] | None = None,
 ) -> int:
     """Run a COPY or ADD: write what ``select_sources`` selects from
     ``src_root`` to ``action.dest`` inside ``dest_root``, except the files
-    ``kept`` says are there already. Returns how many of those it kept."""
-    entries = select_sources(src_root, action, ignore, from_context=from_context)
+    ``kept`` says are there already. Returns how many of those it kept.
+    ``selected``: that selection, when the caller made it already (the
+    context's checksum did)."""
+    entries = selected
+    if entries is None:
+        entries = select_sources(src_root, action, ignore, from_context=from_context)
     owner = resolve_owner(dest_root, action.chown) if action.chown else None
     chmod = parse_chmod(action.chmod)
     writer = _Writer(dest_root, owner, chmod, not from_context, kept)

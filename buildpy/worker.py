@@ -34,7 +34,15 @@ import trio
 
 from buildpy.engine import Engine
 from buildpy.errors import BuildpyError
-from buildpy.fileops import FileOpError, Ignore, Kept, copy, mkdir, mkfile
+from buildpy.fileops import (
+    FileOpError,
+    Ignore,
+    Kept,
+    Selected,
+    copy,
+    mkdir,
+    mkfile,
+)
 from buildpy.mounts import SecretSource, SSHSource, StepMounts, context_bind_actions
 from runtime import Executor, ProcessSpec, UserNotFound, make_bundle
 from snapshotter.errors import SnapshotError
@@ -58,6 +66,9 @@ logger = logging.getLogger(__name__)
 
 CONTEXT_RESULT = "context"
 SCRATCH_RESULT = ""
+# Entries of the context that the checksums selected and a copy may write
+# without walking the context again, kept in all (a few hundred bytes each).
+_SELECTIONS_KEPT = 50_000
 
 
 def _new_id() -> str:
@@ -105,6 +116,9 @@ class BuildWorker:
         # Blocking filesystem work (hashing, copying, mounting) runs in threads.
         self.limiter = limiter or trio.CapacityLimiter(4)
         self._details: dict[str, dict[str, list[str]]] = {}
+        # (vertex digest, action) -> what its checksum selected: _keep_selection
+        self._selections: dict[tuple[str, CopyAction], list[Selected]] = {}
+        self._selections_size = 0
         self.mounts = StepMounts(
             engine.root,
             view=self._source,
@@ -155,6 +169,7 @@ class BuildWorker:
         sums: list[str] = []
         detail: dict[str, list[str]] = {}  # solver.explain names files with it
         for action in actions:
+            selected: list[Selected] | None = [] if isinstance(op, FileOp) else None
             try:
                 sums.append(
                     await self._thread(
@@ -163,13 +178,35 @@ class BuildWorker:
                         action,
                         self.ignore,
                         detail,
+                        selected,
                     )
                 )
             except FileOpError as exc:
                 raise ExecutionError(str(exc)) from exc
+            if selected:
+                self._keep_selection((vertex.digest, action), selected)
         if sums:
             self._details[vertex.digest] = detail
         return ",".join(sums) if sums else None
+
+    def _keep_selection(
+        self, key: tuple[str, CopyAction], selected: list[Selected]
+    ) -> None:
+        """Keep what a copy's checksum selected, for the copy, while the kept
+        entries stay under _SELECTIONS_KEPT: a walk of a large context is a
+        tenth of a rebuild that copies one changed file of it."""
+        old = self._selections.pop(key, None)
+        if old is not None:
+            self._selections_size -= len(old)
+        if self._selections_size + len(selected) <= _SELECTIONS_KEPT:
+            self._selections[key] = selected
+            self._selections_size += len(selected)
+
+    def _take_selection(self, key: tuple[str, CopyAction]) -> list[Selected] | None:
+        selected = self._selections.pop(key, None)
+        if selected is not None:
+            self._selections_size -= len(selected)
+        return selected
 
     def content_detail(self, vertex: Vertex) -> dict[str, list[str]] | None:
         """Per-file detail of the last content_checksum of ``vertex``."""
@@ -316,6 +353,11 @@ class BuildWorker:
                 try:
                     if isinstance(action, CopyAction):
                         result = inputs[action.source]
+                        selected = (
+                            self._take_selection((vertex.digest, action))
+                            if result == CONTEXT_RESULT
+                            else None
+                        )
                         async with self._source(result) as src:
                             count = await self._thread(
                                 partial(
@@ -328,6 +370,7 @@ class BuildWorker:
                                     else None,
                                     from_context=result == CONTEXT_RESULT,
                                     kept=kept,
+                                    selected=selected,
                                 )
                             )
                         if count:
