@@ -9,6 +9,7 @@ import os
 import re
 from pathlib import Path
 
+from tests.buildpy.test_cache_cli import du_sb
 from tests.buildpy.test_fileops import tree_state
 from tests.conftest import Buildpy
 
@@ -106,3 +107,30 @@ def test_no_cache_copies_everything(busybox: Buildpy, tmp_path: Path) -> None:
     (context / "src/d1/f1").write_text("changed\n")
     result = busybox.build(context, "--no-cache")
     assert kept(result.stdout + result.stderr) == []
+
+
+def test_keep_storage_counts_what_an_eviction_really_frees(
+    busybox: Buildpy, tmp_path: Path
+) -> None:
+    """The files a rebuild kept are shared with the earlier result: evicting
+    that result frees only what it alone holds, and prune goes on evicting
+    until the store really fits."""
+    context = tmp_path / "ctx"
+    (context / "src").mkdir(parents=True)
+    (context / "Dockerfile").write_text("FROM busybox\nCOPY src /app\n")
+    piece = 256 * 1024
+    for n in range(8):
+        (context / f"src/f{n}").write_bytes(os.urandom(piece))
+    busybox.build(context)
+    (context / "src/f0").write_bytes(os.urandom(piece))
+    second = busybox.build(context)
+    assert kept(second.stdout + second.stderr) == [7]
+
+    # Evicting the first run frees its own file (and its layer blob), not the
+    # seven it shares: a cap that needs more than that must evict more.
+    cap = du_sb(busybox.root) - 12 * piece
+    busybox.run("prune", "--keep-storage", str(cap))
+    records = int(
+        re.search(r"^Cache records:\t(\d+)", busybox.run("du").stdout, re.M).group(1)
+    )
+    assert du_sb(busybox.root) <= cap or records == 0
