@@ -33,7 +33,7 @@ links once, which is what ``du -sb`` adds up: ``buildpy du``'s total agrees
 with it. A snapshot can share files with another (an incremental COPY links
 the unchanged files of its last run's result, snapshotter.clone): its size in
 ``buildpy du`` counts them, and what removing it frees does not, which is what
-the cap subtracts as it evicts.
+the cap subtracts as it evicts and what ``du`` calls reclaimable.
 """
 
 from __future__ import annotations
@@ -73,21 +73,23 @@ def tree_size(path: Path, seen: set[tuple[int, int]] | None = None) -> int:
     return total
 
 
-def freed_size(path: Path) -> int:
-    """What removing ``path`` frees, as ``du -sb`` counts it: ``tree_size``,
-    but a file that has names outside ``path`` too (a snapshot's files that
-    an incremental COPY linked into a later one, snapshotter.clone) is left
-    out, since it stays."""
+def freed_size(*paths: Path) -> int:
+    """What removing ``paths`` frees, as ``du -sb`` counts it: their
+    ``tree_size``, but a file that has names elsewhere too (a snapshot's files
+    that an incremental COPY linked into a later one, snapshotter.clone) is
+    left out, since it stays."""
     total = 0
-    # (st_dev, st_ino) of a file with several names -> names seen here, size.
+    # (st_dev, st_ino) of a file with several names -> [names seen here,
+    # names in all, size]
     linked: dict[tuple[int, int], list[int]] = {}
-    for st in _stats(path):
-        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
-            names = linked.setdefault((st.st_dev, st.st_ino), [0, st.st_nlink, 0])
-            names[0] += 1
-            names[2] = st.st_size
-            continue
-        total += st.st_size
+    for path in paths:
+        for st in _stats(path):
+            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                ident = (st.st_dev, st.st_ino)
+                names = linked.setdefault(ident, [0, st.st_nlink, st.st_size])
+                names[0] += 1
+                continue
+            total += st.st_size
     return total + sum(size for here, nlink, size in linked.values() if here >= nlink)
 
 
@@ -189,19 +191,18 @@ def usage(engine: Engine) -> Usage:
         (r, snaps[r.result].size if r.result in snaps else 0) for r in records
     ]
     db = sum(tree_size(p) for p in engine.root.glob("buildpy.db*") if p.is_file())
-    plan = _plan(engine, snaps, {r.key for r in records}, keep_layers=True)
+    # What `buildpy prune` would free: every record out, tagged images kept.
+    plan = _plan(engine, snaps, set(), keep_layers=True)
+    snapshots_dir = engine.snapshots.snapshots_dir
     return Usage(
         records=per_record,
-        snapshots=tree_size(engine.snapshots.snapshots_dir),
+        snapshots=tree_size(snapshots_dir),
         record_snapshots=sum(size for _, size in per_record),
         blobs=tree_size(engine.root / "blobs"),
         database=db,
         total=tree_size(engine.root),
-        # TODO: a dead snapshot's files that a live one shares (an incremental
-        # COPY's links) count as reclaimable, though prune would not free them.
-        # Acceptable for now: an over-estimate in a report, of those files
-        # alone; prune and the cap measure what they free (freed_size).
-        reclaimable=plan.bytes,
+        reclaimable=freed_size(*(snapshots_dir / s.sid for s in plan.snapshots))
+        + sum(_blob_size(engine, d) for d in plan.blobs),
         names={r.key: r.origin.name for r in records if r.origin and r.origin.name},
     )
 
@@ -213,7 +214,6 @@ def usage(engine: Engine) -> Usage:
 class _Garbage:
     snapshots: list[Snapshot]  # leaves first
     blobs: list[str]
-    bytes: int
 
 
 def _image_roots(engine: Engine) -> tuple[set[str], set[str]]:
@@ -276,9 +276,7 @@ def _plan(
         ).fetchall()
     keep_blobs |= {digest for diff_id, digest in variants if diff_id in live_diffs}
     blobs = [d for d in engine.content.digests() if d not in keep_blobs]
-    size = sum(s.size for s in dead)
-    size += sum(_blob_size(engine, d) for d in blobs)
-    return _Garbage(dead, blobs, size)
+    return _Garbage(dead, blobs)
 
 
 def _depth(snap: Snapshot, snaps: dict[str, Snapshot]) -> int:

@@ -134,3 +134,25 @@ def test_keep_storage_counts_what_an_eviction_really_frees(
         re.search(r"^Cache records:\t(\d+)", busybox.run("du").stdout, re.M).group(1)
     )
     assert du_sb(busybox.root) <= cap or records == 0
+
+
+def test_du_reclaimable_is_what_prune_frees(busybox: Buildpy, tmp_path: Path) -> None:
+    context = tmp_path / "ctx"
+    (context / "src").mkdir(parents=True)
+    (context / "Dockerfile").write_text("FROM busybox\nCOPY src /app\n")
+    piece = 256 * 1024
+    for n in range(8):
+        (context / f"src/f{n}").write_bytes(os.urandom(piece))
+    busybox.build(context)
+    (context / "src/f0").write_bytes(os.urandom(piece))
+    busybox.build(context, "-t", "app:2")  # its layers stay: they share 7 files
+
+    reclaimable = int(
+        re.search(
+            r"^Reclaimable:\s+\S+ \((\d+) bytes\)$", busybox.run("du").stdout, re.M
+        ).group(1)
+    )
+    before = du_sb(busybox.root)
+    busybox.run("prune")
+    freed = before - du_sb(busybox.root)
+    assert abs(reclaimable - freed) <= before / 100
