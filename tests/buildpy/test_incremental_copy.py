@@ -109,49 +109,49 @@ def test_no_cache_copies_everything(busybox: Buildpy, tmp_path: Path) -> None:
     assert kept(result.stdout + result.stderr) == []
 
 
+PIECE = 256 * 1024
+
+
+def rebuilt_sharing_seven_files(
+    busybox: Buildpy, tmp_path: Path, *second_args: str
+) -> None:
+    """Two runs of a COPY of eight files of PIECE random bytes, one file
+    changed in between: the second run's result shares seven with the first."""
+    context = tmp_path / "ctx"
+    (context / "src").mkdir(parents=True)
+    (context / "Dockerfile").write_text("FROM busybox\nCOPY src /app\n")
+    for n in range(8):
+        (context / f"src/f{n}").write_bytes(os.urandom(PIECE))
+    busybox.build(context)
+    (context / "src/f0").write_bytes(os.urandom(PIECE))
+    second = busybox.build(context, *second_args)
+    assert kept(second.stdout + second.stderr) == [7]
+
+
+def du_figure(busybox: Buildpy, pattern: str) -> int:
+    """A number that ``buildpy du`` prints, found by a regex of one group."""
+    return int(re.search(pattern, busybox.run("du").stdout, re.M).group(1))
+
+
 def test_keep_storage_counts_what_an_eviction_really_frees(
     busybox: Buildpy, tmp_path: Path
 ) -> None:
     """The files a rebuild kept are shared with the earlier result: evicting
     that result frees only what it alone holds, and prune goes on evicting
     until the store really fits."""
-    context = tmp_path / "ctx"
-    (context / "src").mkdir(parents=True)
-    (context / "Dockerfile").write_text("FROM busybox\nCOPY src /app\n")
-    piece = 256 * 1024
-    for n in range(8):
-        (context / f"src/f{n}").write_bytes(os.urandom(piece))
-    busybox.build(context)
-    (context / "src/f0").write_bytes(os.urandom(piece))
-    second = busybox.build(context)
-    assert kept(second.stdout + second.stderr) == [7]
-
+    rebuilt_sharing_seven_files(busybox, tmp_path)
     # Evicting the first run frees its own file (and its layer blob), not the
     # seven it shares: a cap that needs more than that must evict more.
-    cap = du_sb(busybox.root) - 12 * piece
+    cap = du_sb(busybox.root) - 12 * PIECE
     busybox.run("prune", "--keep-storage", str(cap))
-    records = int(
-        re.search(r"^Cache records:\t(\d+)", busybox.run("du").stdout, re.M).group(1)
-    )
+    records = du_figure(busybox, r"^Cache records:\t(\d+)")
     assert du_sb(busybox.root) <= cap or records == 0
 
 
 def test_du_reclaimable_is_what_prune_frees(busybox: Buildpy, tmp_path: Path) -> None:
-    context = tmp_path / "ctx"
-    (context / "src").mkdir(parents=True)
-    (context / "Dockerfile").write_text("FROM busybox\nCOPY src /app\n")
-    piece = 256 * 1024
-    for n in range(8):
-        (context / f"src/f{n}").write_bytes(os.urandom(piece))
-    busybox.build(context)
-    (context / "src/f0").write_bytes(os.urandom(piece))
-    busybox.build(context, "-t", "app:2")  # its layers stay: they share 7 files
-
-    reclaimable = int(
-        re.search(
-            r"^Reclaimable:\s+\S+ \((\d+) bytes\)$", busybox.run("du").stdout, re.M
-        ).group(1)
-    )
+    # The second run's image keeps its layers, which share seven files.
+    rebuilt_sharing_seven_files(busybox, tmp_path, "-t", "app:2")
+    reclaimable = du_figure(busybox, r"^Reclaimable:\s+\S+ \((\d+) bytes\)$")
     before = du_sb(busybox.root)
     busybox.run("prune")
     freed = before - du_sb(busybox.root)
