@@ -121,3 +121,28 @@ def test_a_solve_holds_the_records_it_used_until_it_ends(tmp_path: Path) -> None
                 assert free
 
     run(main)
+
+
+def test_a_cancelled_wait_never_keeps_the_lock(tmp_path: Path) -> None:
+    """The waiting thread is abandoned on cancel; when it gets the lock later,
+    it drops it, so the next build can take it."""
+    locks = KeyLocks(tmp_path / "locks")
+    key = "sha256:" + "2" * 64
+    holder = locks.try_lock(key, RUN, shared=False)
+    assert holder is not None
+
+    async def main() -> int | None:
+        with trio.move_on_after(0.2) as scope:
+            await locks.lock(key, RUN, shared=False)
+        assert scope.cancelled_caught  # the holder never let go
+        locks.release(holder)  # the abandoned thread gets the lock, and drops it
+        for _ in range(500):
+            fd = locks.try_lock(key, RUN, shared=False)
+            if fd is not None:
+                return fd
+            await trio.sleep(0.01)
+        return None
+
+    fd = trio.run(main)
+    assert fd is not None
+    locks.release(fd)
