@@ -25,18 +25,28 @@ Inputs by op:
   ``input`` names a further input (another stage, an image, the context).
 - FileOp: inputs[0] is the filesystem the actions change; a CopyAction reads
   from inputs[action.source] (1 or more: the context or another stage's root).
+
+``BuildGraph`` orders the vertices with the standard library's graphlib, not
+networkx: every build sorts its graph, and importing networkx cost every
+command 90 ms, a quarter of a no-op rebuild without the daemon (0.37 s ->
+0.28 s). The order is the one networkx's lexicographical topological sort
+gives (a test holds it to that); ``to_networkx`` gives the networkx view for
+analysis and export, and imports networkx then.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from functools import cached_property
-from typing import Any, ClassVar
+from graphlib import TopologicalSorter
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import networkx as nx
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 class GraphError(Exception):
@@ -303,24 +313,21 @@ class BuildGraph:
     """
 
     def __init__(self, *finals: Vertex) -> None:
-        self._g: nx.DiGraph = nx.DiGraph()
+        self._vertices: dict[str, Vertex] = {}
+        self._readers: dict[str, list[str]] = {}  # digest -> its readers' digests
         self._order: list[Vertex] | None = None  # topological(), until add()
         self.finals: tuple[Vertex, ...] = ()
         for final in finals:
             self.add(final)
 
     def add(self, final: Vertex) -> None:
-        stack = [final]
-        while stack:
-            vertex = stack.pop()
-            if vertex.digest in self._g:
-                continue
-            self._g.add_node(vertex.digest, vertex=vertex)
-            for inp in vertex.inputs:
-                stack.append(inp)
         for vertex in self._walk(final):
-            for inp in vertex.inputs:
-                self._g.add_edge(inp.digest, vertex.digest)
+            if vertex.digest in self._vertices:
+                continue
+            self._vertices[vertex.digest] = vertex
+            self._readers.setdefault(vertex.digest, [])
+            for inp in dict.fromkeys(i.digest for i in vertex.inputs):
+                self._readers.setdefault(inp, []).append(vertex.digest)
         self.finals = (*self.finals, self.vertex(final.digest))
         self._order = None
 
@@ -337,21 +344,35 @@ class BuildGraph:
 
     def vertex(self, digest: str) -> Vertex:
         try:
-            return self._g.nodes[digest]["vertex"]
+            return self._vertices[digest]
         except KeyError:
             raise GraphError(f"no vertex {digest} in the graph") from None
 
     def __contains__(self, vertex: Vertex) -> bool:
-        return vertex.digest in self._g
+        return vertex.digest in self._vertices
 
     def __len__(self) -> int:
-        return len(self._g)
+        return len(self._vertices)
 
     def topological(self) -> list[Vertex]:
-        """Every vertex, inputs before the vertices that read them."""
+        """Every vertex, inputs before the vertices that read them; of the
+        vertices ready at each point, the smallest digest first, so that the
+        order is the same on every run."""
         if self._order is None:  # a solve asks several times
-            order = nx.lexicographical_topological_sort(self._g)
-            self._order = [self.vertex(d) for d in order]
+            sorter = TopologicalSorter(
+                {d: [i.digest for i in v.inputs] for d, v in self._vertices.items()}
+            )
+            sorter.prepare()
+            ready = list(sorter.get_ready())
+            heapq.heapify(ready)
+            order: list[Vertex] = []
+            while ready:
+                digest = heapq.heappop(ready)
+                order.append(self._vertices[digest])
+                sorter.done(digest)
+                for freed in sorter.get_ready():
+                    heapq.heappush(ready, freed)
+            self._order = order
         return list(self._order)
 
     def inputs(self, vertex: Vertex) -> list[Vertex]:
@@ -359,8 +380,17 @@ class BuildGraph:
 
     def readers(self, vertex: Vertex) -> list[Vertex]:
         """The vertices that take this one as an input."""
-        return [self.vertex(d) for d in self._g.successors(vertex.digest)]
+        return [self.vertex(d) for d in self._readers.get(vertex.digest, [])]
 
     def to_networkx(self) -> nx.DiGraph:
-        """A copy of the graph for export (DOT, JSON); nodes are digests."""
-        return self._g.copy()
+        """The graph as a networkx DiGraph, for analysis and export: nodes are
+        digests (each with its ``vertex``), edges go from an input to its
+        reader."""
+        import networkx as nx
+
+        g = nx.DiGraph()
+        for digest, vertex in self._vertices.items():
+            g.add_node(digest, vertex=vertex)
+        for digest, readers in self._readers.items():
+            g.add_edges_from((digest, reader) for reader in readers)
+        return g
