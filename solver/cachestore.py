@@ -82,6 +82,17 @@ class CacheRecord:
     origin: KeyOrigin | None  # None for records put without one
 
 
+@dataclass(frozen=True)
+class Miss:
+    """Why a key has no usable record (one line), and ``earlier``: the most
+    recently used record of the same op on the same inputs that read other
+    content (files of the context it copies changed), which a worker may
+    build the new result from (buildpy.worker), or None."""
+
+    reason: str
+    earlier: CacheRecord | None
+
+
 class CacheStore:
     """The cache records in ``conn``; call ``init_schema()`` once before use."""
 
@@ -226,7 +237,20 @@ class CacheStore:
         detail: dict[str, list[str]] | None = None,
         build_args: Collection[str] = (),
     ) -> str:
-        """Why no usable record exists for the key of ``vertex``, in one line.
+        """Why no usable record exists for the key of ``vertex``, in one line
+        (``miss``'s reason)."""
+        return self.miss(vertex, input_keys, content, detail, build_args).reason
+
+    def miss(
+        self,
+        vertex: Vertex,
+        input_keys: Sequence[str],
+        content: str | None,
+        detail: dict[str, list[str]] | None = None,
+        build_args: Collection[str] = (),
+    ) -> Miss:
+        """Why no usable record exists for the key of ``vertex``, and the
+        earlier run a worker may build on.
 
         The nearest earlier record is, in this order: the same key (its result
         is gone); the same op and inputs (so the content differs); the same op
@@ -240,24 +264,25 @@ class CacheStore:
         origin = key_origin(vertex, input_keys, content, detail)
         key = cache_key(vertex, input_keys, content)
         if self.get(key) is not None:
-            return MISS_RESULT_GONE
+            inputs = json.dumps(list(origin.input_keys))
+            earlier = self._latest(
+                "op_digest = ? AND input_keys = ? AND content IS NOT ?",
+                (origin.op_digest, inputs, origin.content),
+            )
+            return Miss(MISS_RESULT_GONE, earlier)
         nearest = self._nearest(origin)
         if nearest is None or nearest.origin is None:
-            return MISS_NO_RECORD
-        return explain.describe(
+            return Miss(MISS_NO_RECORD, None)
+        reason = explain.describe(
             vertex, origin, nearest.origin, self._input_op, build_args
         )
-
-    def earlier_run(self, origin: KeyOrigin) -> CacheRecord | None:
-        """The most recently used record of the same op on the same inputs that
-        read other content (the files of the context it copies changed), or
-        None. A worker may build the new result from that record's, changing
-        only the files whose detail differs (buildpy.worker)."""
-        inputs = json.dumps(list(origin.input_keys))
-        return self._latest(
-            "op_digest = ? AND input_keys = ? AND content IS NOT ?",
-            (origin.op_digest, inputs, origin.content),
+        # No record has this key, so one of the same op on the same inputs
+        # (the nearest's first kind) read other content.
+        same_run = (nearest.origin.op_digest, nearest.origin.input_keys) == (
+            origin.op_digest,
+            origin.input_keys,
         )
+        return Miss(reason, nearest if same_run else None)
 
     def _nearest(self, origin: KeyOrigin) -> CacheRecord | None:
         inputs = json.dumps(list(origin.input_keys))

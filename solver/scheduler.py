@@ -71,7 +71,7 @@ from typing import Any
 import trio
 
 from solver.cachekey import cache_key, key_origin
-from solver.cachestore import CacheStore
+from solver.cachestore import CacheStore, Miss
 from solver.errors import CacheMiss, SolveError, VertexFailed
 from solver.graph import BuildGraph, Vertex
 from solver.keylock import RUN, USE, KeyLocks
@@ -512,8 +512,7 @@ class _Solve:
         key = self.keys[vertex.digest]
         input_keys = [self.keys[i.digest] for i in vertex.inputs]
         content = self.contents[vertex.digest]
-        reason = await self._miss_reason(vertex, input_keys, cacheable)
-        earlier = await self._earlier_run(vertex, input_keys, content, cacheable)
+        reason, earlier = await self._miss(vertex, input_keys, cacheable)
 
         async def sink(stream: int, data: bytes) -> None:
             self.report(VertexLog(vertex, stream, data, time.time()))
@@ -544,48 +543,44 @@ class _Solve:
         )
         return result
 
-    async def _earlier_run(
-        self,
-        vertex: Vertex,
-        input_keys: Sequence[str],
-        content: str | None,
-        cacheable: bool,
-    ) -> EarlierRun | None:
-        """An earlier run of ``vertex`` on the same inputs that read other
-        content, for a worker that can build on one (``execute_from``); None
-        when the vertex's records are not to be used."""
-        if (
-            not cacheable
-            or content is None
-            or vertex.digest in self.ignored
-            or not hasattr(self.worker, "execute_from")
-        ):
-            return None
-        origin = key_origin(vertex, input_keys, content)
-        record = await trio.to_thread.run_sync(self.solver.cache.earlier_run, origin)
-        if record is None or record.origin is None or record.origin.detail is None:
-            return None
-        return EarlierRun(record.result, record.origin.detail)
-
     async def _miss_reason(
         self, vertex: Vertex, input_keys: Sequence[str], cacheable: bool
     ) -> str | None:
+        reason, _ = await self._miss(vertex, input_keys, cacheable)
+        return reason
+
+    async def _miss(
+        self, vertex: Vertex, input_keys: Sequence[str], cacheable: bool
+    ) -> tuple[str | None, EarlierRun | None]:
+        """Why ``vertex`` runs (None when it is never cached), and an earlier
+        run of it on the same inputs that read other content, for a worker
+        that can build on one (``execute_from``)."""
         if not cacheable:
-            return None
+            return None, None
         if vertex.meta.ignore_cache:
-            return MISS_IGNORED
+            return MISS_IGNORED, None
         if vertex.digest in self.ignored:
             if vertex.meta.stage in self.solver.no_cache_stages:
-                return MISS_FILTERED
-            return MISS_IGNORED_INPUT
-        reason: str = await trio.to_thread.run_sync(
+                return MISS_FILTERED, None
+            return MISS_IGNORED_INPUT, None
+        content = self.contents[vertex.digest]
+        miss: Miss = await trio.to_thread.run_sync(
             partial(
-                self.solver.cache.explain_miss,
+                self.solver.cache.miss,
                 vertex,
                 input_keys,
-                self.contents[vertex.digest],
+                content,
                 self.details.get(vertex.digest),
                 self.solver.build_args,
             )
         )
-        return reason
+        record = miss.earlier
+        if (
+            content is None
+            or record is None
+            or record.origin is None
+            or record.origin.detail is None
+            or not hasattr(self.worker, "execute_from")
+        ):
+            return miss.reason, None
+        return miss.reason, EarlierRun(record.result, record.origin.detail)
