@@ -25,83 +25,75 @@ def link_tree(src: str, dst: str) -> set[str]:
     A file with several names there is linked too, but left out, since a new
     copy decides again which of its names share an inode.
     """
-    # Inode -> its first name here. The inode alone is unique: a snapshot's
-    # tree is one filesystem, with nothing mounted inside it.
-    names: dict[int, str] = {}
-    shared: set[str] = set()
-    dirs: list[tuple[str, os.stat_result]] = []
-    _copy_meta_later(src, dst, os.lstat(src), dirs)
-    _walk(src, dst, "", names, shared, dirs)
+    linker = _Linker()
+    _copy_meta_later(src, dst, os.lstat(src), linker.dirs)
+    linker.walk(src, dst, "")
     # Directory times last: creating entries in a directory changes them.
-    for target, st in reversed(dirs):
+    for target, st in reversed(linker.dirs):
         os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
-    return set(names.values()) - shared
+    return set(linker.names.values()) - linker.shared
 
 
-def _walk(
-    src: str,
-    dst: str,
-    prefix: str,
-    names: dict[int, str],
-    shared: set[str],
-    dirs: list[tuple[str, os.stat_result]],
-) -> None:
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-    src_fd, dst_fd = os.open(src, flags), os.open(dst, flags)
-    try:
-        with os.scandir(src_fd) as it:
-            entries = list(it)
-        for entry in entries:
-            name = entry.name
-            rel = prefix + name
-            # Most entries are files: their type and inode come with the
-            # directory's listing, and the link is made relative to the two
-            # directories, so a file costs one system call.
-            if entry.is_file(follow_symlinks=False):
-                os.link(
-                    name,
-                    name,
-                    src_dir_fd=src_fd,
-                    dst_dir_fd=dst_fd,
-                    follow_symlinks=False,
-                )
-                first = names.setdefault(entry.inode(), rel)
-                if first != rel:
-                    shared.update((first, rel))
-            else:
-                _other(f"{src}/{name}", f"{dst}/{name}", rel, names, shared, dirs)
-    finally:
-        os.close(src_fd)
-        os.close(dst_fd)
+class _Linker:
+    """One ``link_tree``: what its walk has seen so far."""
 
+    def __init__(self) -> None:
+        # Inode -> its first name here. The inode alone is unique: a
+        # snapshot's tree is one filesystem, with nothing mounted inside it.
+        self.names: dict[int, str] = {}
+        self.shared: set[str] = set()  # names of files with several here
+        self.dirs: list[tuple[str, os.stat_result]] = []  # times to set last
 
-def _other(
-    source: str,
-    target: str,
-    rel: str,
-    names: dict[int, str],
-    shared: set[str],
-    dirs: list[tuple[str, os.stat_result]],
-) -> None:
-    """A directory (walked), symlink or special file, made with its metadata."""
-    st = os.lstat(source)
-    mode = st.st_mode
-    if stat.S_ISDIR(mode):
-        os.mkdir(target, 0o700)
-        _copy_meta_later(source, target, st, dirs)
-        _walk(source, target, rel + "/", names, shared, dirs)
-    elif stat.S_ISLNK(mode):
-        os.symlink(os.readlink(source), target)
-        _copy_xattrs(source, target)
-        os.chown(target, st.st_uid, st.st_gid, follow_symlinks=False)
-        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
-    else:
-        # A device, a fifo, or overlay's whiteout (a 0/0 character device).
-        os.mknod(target, stat.S_IFMT(mode) | 0o600, st.st_rdev)
-        _copy_xattrs(source, target)
-        os.chown(target, st.st_uid, st.st_gid)
-        os.chmod(target, stat.S_IMODE(mode))
-        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    def walk(self, src: str, dst: str, prefix: str) -> None:
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        src_fd, dst_fd = os.open(src, flags), os.open(dst, flags)
+        try:
+            with os.scandir(src_fd) as it:
+                entries = list(it)
+            for entry in entries:
+                name = entry.name
+                rel = prefix + name
+                # Most entries are files: their type and inode come with the
+                # directory's listing, and the link is made relative to the two
+                # directories, so a file costs one system call.
+                if entry.is_file(follow_symlinks=False):
+                    os.link(
+                        name,
+                        name,
+                        src_dir_fd=src_fd,
+                        dst_dir_fd=dst_fd,
+                        follow_symlinks=False,
+                    )
+                    first = self.names.setdefault(entry.inode(), rel)
+                    if first != rel:
+                        self.shared.update((first, rel))
+                else:
+                    self._other(f"{src}/{name}", f"{dst}/{name}", rel)
+        finally:
+            os.close(src_fd)
+            os.close(dst_fd)
+
+    def _other(self, source: str, target: str, rel: str) -> None:
+        """A directory (walked), symlink or special file, with its metadata."""
+        st = os.lstat(source)
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            os.mkdir(target, 0o700)
+            _copy_meta_later(source, target, st, self.dirs)
+            self.walk(source, target, rel + "/")
+        elif stat.S_ISLNK(mode):
+            os.symlink(os.readlink(source), target)
+            _copy_xattrs(source, target)
+            os.chown(target, st.st_uid, st.st_gid, follow_symlinks=False)
+            times = (st.st_atime_ns, st.st_mtime_ns)
+            os.utime(target, ns=times, follow_symlinks=False)
+        else:
+            # A device, a fifo, or overlay's whiteout (a 0/0 character device).
+            os.mknod(target, stat.S_IFMT(mode) | 0o600, st.st_rdev)
+            _copy_xattrs(source, target)
+            os.chown(target, st.st_uid, st.st_gid)
+            os.chmod(target, stat.S_IMODE(mode))
+            os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def _copy_meta_later(
