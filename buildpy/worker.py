@@ -345,7 +345,11 @@ class BuildWorker:
         earlier: EarlierRun | None,
     ) -> str:
         target = self.engine.root / "mnt" / ("file-" + _new_id())
-        unchanged = _unchanged_files(vertex, self._details.get(vertex.digest), earlier)
+        # A comparison of two per-file details: off the event loop, as it may
+        # hold a large context's.
+        unchanged = await self._thread(
+            _unchanged_files, vertex, self._details.get(vertex.digest), earlier
+        )
         like = earlier.result if earlier is not None and unchanged else None
         async with self._active(inputs[0], target, like) as active:
             kept = Kept(unchanged, active.placed) if active.placed else None
