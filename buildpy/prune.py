@@ -323,8 +323,7 @@ def prune(
     """
     now = time.time() if now is None else now
     locks = KeyLocks(engine.root / "locks")
-    snaps = _snapshots(engine)
-    _sizes(engine, snaps)
+    snaps = _snapshots(engine)  # sizes unread: what goes is measured as it goes
     result = PruneResult()
     records = engine.cache.records()  # least recently used first
     if until is not None:
