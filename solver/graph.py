@@ -325,7 +325,6 @@ class BuildGraph:
             if vertex.digest in self._vertices:
                 continue
             self._vertices[vertex.digest] = vertex
-            self._readers.setdefault(vertex.digest, [])
             for inp in dict.fromkeys(i.digest for i in vertex.inputs):
                 self._readers.setdefault(inp, []).append(vertex.digest)
         self.finals = (*self.finals, self.vertex(final.digest))
