@@ -594,7 +594,8 @@ def run_cli(addr: str, argv: Sequence[str]) -> int:
         }
         if conn.sock is None:  # the daemon closed the connection after an answer
             conn.connect()
-        return client.converse(conn.sock, client.cli_request(body, host), addr)
+        request = client.cli_request(body, host)
+        return client.converse(conn.sock, request, addr, conn.sock.makefile("rb"))
     except ssl.SSLError as exc:
         return _tls_failure(addr, exc)
     except SyncError as exc:

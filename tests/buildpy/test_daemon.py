@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from buildpy import client
 from tests.buildpy.test_interrupt import processes_running
@@ -477,10 +479,24 @@ def test_client_imports_only_the_standard_library(daemon: Daemon):
     imported = client_imports("--addr", daemon.addr)
     assert "buildpy.client" in imported
     assert "buildpy.cli" not in imported  # not even the argument parser
-    # Nor http.client (33 ms of ssl and email imports): a plain socket does.
+    # Nor http.client (33 ms of ssl and email imports): a plain socket does;
+    # nor json and socket (11 ms of re, selectors, enum): their C parts do.
     assert "http.client" not in imported and "ssl" not in imported
+    assert "json" not in imported and "socket" not in imported
     ours = {"buildpy", "buildpy.entry", "buildpy.client"}
     assert foreign_modules(imported, ours) == []
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(),
+        lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner),
+    )
+)
+def test_client_json_is_the_json_modules(value: Any):
+    """The request body the client encodes without the json package reads back
+    as what the json package would have written."""
+    assert client.json_dumps(value) == json.dumps(value, separators=(",", ":"))
 
 
 def test_api_images_inspect_build(busybox: Buildpy, daemon: Daemon, tmp_path):
