@@ -7,9 +7,11 @@ in one process or several, two locks per cache key do, each a file under one
 directory (the store's ``locks/``), locked with flock(2):
 
 - ``<hex>.run``, exclusive, held while the key's vertex executes and its
-  record is written. A second build that misses the same key waits for it,
-  then looks the record up again: it finds the first build's result and
-  reports the step cached instead of running it.
+  record is written. A second build that misses the same key waits for it
+  shared, so that all waiters wake together when it is released, then looks
+  the record up again: it finds the first build's result and reports the step
+  cached instead of running it. Only when there is no record does it take the
+  lock exclusive and run the step itself.
 - ``<hex>.use``, shared, taken before a build looks up the key's record and
   kept until the solve ends. Eviction (buildpy prune, --max-storage) takes it
   exclusive and without waiting, so a record that a running build holds is
@@ -66,21 +68,11 @@ class KeyLocks:
         """The fd holding the lock, or None when another holder has it."""
         return self._acquire(key, kind, shared=shared, wait=False)
 
-    async def lock(
-        self,
-        key: str,
-        kind: str,
-        *,
-        shared: bool,
-        on_wait: Callable[[], None] | None = None,
-    ) -> int:
-        """Wait for the lock and return the fd that holds it; ``on_wait`` is
-        called once if the lock is not free at first."""
+    async def lock(self, key: str, kind: str, *, shared: bool) -> int:
+        """Wait for the lock and return the fd that holds it."""
         fd = self.try_lock(key, kind, shared=shared)
         if fd is not None:
             return fd
-        if on_wait is not None:
-            on_wait()
         waiter = _Waiter(lambda: self._acquire(key, kind, shared=shared, wait=True))
         try:
             return await trio.to_thread.run_sync(

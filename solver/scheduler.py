@@ -434,21 +434,36 @@ class _Solve:
         """Execute under the key's RUN lock; a build that held it before us may
         have recorded the result meanwhile, and then we take it."""
         key = self.keys[vertex.digest]
-
-        def waiting() -> None:
+        fd = locks.try_lock(key, RUN, shared=False)
+        if fd is None:
             self.report(VertexWaiting(vertex, time.time()))
-
-        fd = await locks.lock(key, RUN, shared=False, on_wait=waiting)
+            # Wait as a reader: when the holder is done, every waiter wakes at
+            # once and looks the record up beside the others. Waiting for the
+            # lock itself made nine of ten concurrent builds read the record one
+            # after another (40 ms on two cores).
+            locks.release(await locks.lock(key, RUN, shared=True))
+            hit = await self._recorded(vertex)
+            if hit is not None:
+                return hit
+            fd = await locks.lock(key, RUN, shared=False)  # the holder failed
         try:
-            if vertex.digest not in self.ignored:
-                hit = await self._find_record(vertex)
-                if hit is not None:
-                    for inp in self.graph.inputs(vertex):
-                        self._probe(inp)
-                    return hit
+            hit = await self._recorded(vertex)
+            if hit is not None:
+                return hit
             return await self._execute(vertex, inputs, True)
         finally:
             locks.release(fd)
+
+    async def _recorded(self, vertex: Vertex) -> str | None:
+        """The result of a record that another build wrote for ``vertex`` since it
+        was looked up, taken as a hit is."""
+        if vertex.digest in self.ignored:
+            return None
+        hit = await self._find_record(vertex)
+        if hit is not None:
+            for inp in self.graph.inputs(vertex):
+                self._probe(inp)
+        return hit
 
     async def _lookup(self, vertex: Vertex) -> str | None:
         """The result of a usable record for ``vertex``, reported cached once."""

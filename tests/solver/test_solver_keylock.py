@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import trio
@@ -146,3 +148,59 @@ def test_a_cancelled_wait_never_keeps_the_lock(tmp_path: Path) -> None:
     fd = trio.run(main)
     assert fd is not None
     locks.release(fd)
+
+
+class _SlowLookups(FakeWorker):
+    """A worker sharing another's results, whose record lookups (``exists``)
+    wait for ``gate``; ``looking`` is set once one does."""
+
+    def __init__(self, results: set[str]) -> None:
+        super().__init__()
+        self.results = results
+        self.looking = trio.Event()
+        self.gate = trio.Event()
+
+    async def exists(self, result: str) -> bool:
+        self.looking.set()
+        await self.gate.wait()
+        return await super().exists(result)
+
+
+def test_the_waiters_of_a_step_read_its_record_side_by_side(tmp_path: Path) -> None:
+    """Two builds that waited for a step a third one ran look its record up at
+    the same time, neither holding the step's lock: in turn, nine waiters of ten
+    concurrent builds added their lookups up one after another."""
+    db, locks = tmp_path / "buildpy.db", KeyLocks(tmp_path / "locks")
+    worker = FakeWorker()
+    waiters = [_SlowLookups(worker.results) for _ in range(2)]
+    events = [Events() for _ in waiters]
+    base = step("base")
+
+    async def main() -> None:
+        worker.gates["base"] = trio.Event()
+        with ExitStack() as stack:
+            stores = [stack.enter_context(cache_store(db)) for _ in range(3)]
+            first = Solver(worker, stores[0], locks=locks)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(first.solve, base)
+                await settle()
+                for waiter, store, seen in zip(
+                    waiters, stores[1:], events, strict=True
+                ):
+                    solver = Solver(waiter, store, reporter=seen, locks=locks)
+                    nursery.start_soon(solver.solve, base)
+                    while "base" not in seen.of(VertexWaiting):
+                        await settle()
+                worker.gates["base"].set()
+                # Real time: the mock clock would count waits in threads as idle.
+                for _ in range(500):
+                    if all(waiter.looking.is_set() for waiter in waiters):
+                        break
+                    await trio.to_thread.run_sync(time.sleep, 0.01)
+                assert [waiter.looking.is_set() for waiter in waiters] == [True, True]
+                for waiter in waiters:
+                    waiter.gate.set()
+
+    run(main)
+    assert worker.executed == ["base"]
+    assert [seen.of(VertexCached) for seen in events] == [["base"], ["base"]]
