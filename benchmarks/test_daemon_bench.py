@@ -126,14 +126,14 @@ def test_ten_concurrent_builds_daemon(benchmark, served: Daemon, tmp_path):
     round: the step runs once, the nine others wait for its record."""
     fresh = _fresh_contexts(tmp_path, "ten")
     build = partial(_client, served.addr, "build", "--progress", "quiet")
-    benchmark.pedantic(lambda: _at_once(10, build, fresh()), rounds=3, iterations=1)
+    benchmark.pedantic(lambda: _at_once(10, build, fresh()), rounds=5, iterations=1)
 
 
 def test_one_build_daemon(benchmark, served: Daemon, tmp_path):
     """The reference for the above: one client, the same kind of Dockerfile."""
     fresh = _fresh_contexts(tmp_path, "one")
     build = partial(_client, served.addr, "build", "--progress", "quiet")
-    benchmark.pedantic(lambda: build(fresh()), rounds=3, iterations=1)
+    benchmark.pedantic(lambda: build(fresh()), rounds=5, iterations=1)
 
 
 def test_ten_concurrent_builds_buildkit(benchmark, tmp_path):
@@ -141,7 +141,7 @@ def test_ten_concurrent_builds_buildkit(benchmark, tmp_path):
     _need_docker()
     fresh = _fresh_contexts(tmp_path, "ten")
     benchmark.pedantic(
-        lambda: _at_once(10, _docker_build, fresh()), rounds=3, iterations=1
+        lambda: _at_once(10, _docker_build, fresh()), rounds=5, iterations=1
     )
 
 
@@ -149,4 +149,4 @@ def test_one_build_buildkit(benchmark, tmp_path):
     """The reference for the above: one docker client."""
     _need_docker()
     fresh = _fresh_contexts(tmp_path, "one")
-    benchmark.pedantic(lambda: _docker_build(fresh()), rounds=3, iterations=1)
+    benchmark.pedantic(lambda: _docker_build(fresh()), rounds=5, iterations=1)
