@@ -14,14 +14,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
 import pytest
 
-from tests.buildpy.test_daemon import Daemon, start_daemon
+from tests.buildpy.test_daemon import Daemon
 from tests.conftest import REPO, Buildpy, write_context
 
 DOCKER = "/usr/bin/docker"  # Debian's 20.10 CLI: BuildKit built in (MACHINE-NOTES)
@@ -30,15 +30,6 @@ DOCKER = "/usr/bin/docker"  # Debian's 20.10 CLI: BuildKit built in (MACHINE-NOT
 def _fifty_steps(directory: Path) -> Path:
     lines = ["FROM busybox"] + [f"RUN echo step {i} > /step-{i}" for i in range(50)]
     return write_context(directory, {"Dockerfile": "\n".join(lines) + "\n"})
-
-
-@pytest.fixture
-def served(busybox: Buildpy, tmp_path: Path) -> Iterator[Daemon]:
-    d = start_daemon(busybox.root, tmp_path / "buildpy.sock")
-    try:
-        yield d
-    finally:
-        d.stop()
 
 
 def _client(addr: str, *args: str | os.PathLike[str]) -> None:
