@@ -79,6 +79,7 @@ def human(size: float) -> str:
 
 def add_build_flags(build: argparse.ArgumentParser) -> None:
     build.add_argument("--metadata-file", type=Path, help="write build results (JSON)")
+    build.add_argument("--iidfile", type=Path, help="write the image ID to this file")
     build.add_argument(
         "--fail-on-cache-miss",
         action="store_true",
@@ -206,10 +207,18 @@ def apply_build_flags(args: argparse.Namespace, req: Any) -> None:
 
 def run_build_locked(engine: Any, args: argparse.Namespace, build: Any) -> Any:
     """Run ``build()`` holding the builds lock (eviction waits for it), then
-    write --metadata-file and --graph, then enforce --max-storage (or the
-    store's ``max-storage`` setting, buildpy.config)."""
+    write --iidfile, --metadata-file and --graph, then enforce --max-storage (or
+    the store's ``max-storage`` setting, buildpy.config)."""
     from buildpy.prune import building, enforce_max_storage
     from buildpy.report import after_build
+
+    if args.iidfile is not None:
+        # As docker build: a build that fails leaves no ID of an earlier one.
+        try:
+            args.iidfile.unlink(missing_ok=True)
+        except OSError as exc:
+            message = f"--iidfile {args.iidfile}: {exc.strerror}"
+            raise errors.UsageError(message) from None
 
     cap = args.max_storage
     if cap is None:  # a broken settings file stops the build before it starts

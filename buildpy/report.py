@@ -226,6 +226,9 @@ def write_atomically(path: Path, text: str) -> None:
 
 def after_build(engine: Engine, args: Any, result: BuildResult) -> None:
     """Write what the flags of ``buildpy build`` ask for once a build ended."""
+    if getattr(args, "iidfile", None) and result.image is not None:
+        # The config digest, with no newline, as docker writes it.
+        write_atomically(Path(args.iidfile), result.image.config_digest)
     if getattr(args, "metadata_file", None):
         text = json.dumps(metadata(engine, result), indent=2) + "\n"
         write_atomically(Path(args.metadata_file), text)

@@ -97,6 +97,26 @@ def test_metadata_file_and_graph(busybox: Buildpy, tmp_path: Path) -> None:
     assert bad.returncode == 2 and "expected .dot, .gv or .json" in bad.stderr
 
 
+def test_iidfile_holds_the_image_id_and_a_failed_build_removes_it(
+    busybox: Buildpy, tmp_path: Path
+) -> None:
+    iid = tmp_path / "out" / "iid"
+    iid.parent.mkdir()
+    busybox.build(ctx(tmp_path), "-t", "app:1", "--iidfile", iid)
+    inspect = json.loads(busybox.run("inspect", "app:1").stdout)[0]
+    assert iid.read_text() == inspect["Id"]  # no newline, as docker writes it
+    failing = write_context(
+        tmp_path / "fail", {"Dockerfile": "FROM busybox\nRUN exit 3\n"}
+    )
+    failed = busybox.build(failing, "--iidfile", iid, check=False)
+    assert failed.returncode == 1
+    assert not iid.exists()  # not the ID of the build before
+    iid.mkdir()  # a directory where the file goes
+    bad = busybox.build(ctx(tmp_path), "--iidfile", iid, check=False)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith(f"ERROR: --iidfile {iid}: ")
+
+
 def test_first_build_metadata_has_timings_and_critical_path(
     busybox: Buildpy, tmp_path: Path
 ) -> None:

@@ -198,7 +198,7 @@ def test_relative_paths_and_build_arg_from_client_env(
     )
     proc = subprocess.run(
         [sys.executable, "-m", "buildpy", "build", "--progress", "plain"]
-        + ["--build-arg", "GREETING", "ctx"],
+        + ["--build-arg", "GREETING", "--iidfile", "iid", "ctx"],
         env={**os.environ, "BUILDPY_HOST": daemon.addr, "GREETING": "hello"},
         cwd=tmp_path,  # a relative context: the command runs in the client's cwd
         capture_output=True,
@@ -207,6 +207,9 @@ def test_relative_paths_and_build_arg_from_client_env(
     )
     assert proc.returncode == 0, proc.stderr
     assert "said-hello" in proc.stderr
+    written = re.search(r"writing image (sha256:\w{64})", proc.stderr)
+    assert written is not None
+    assert (tmp_path / "iid").read_text() == written.group(1)
 
 
 def test_ten_builds_at_once(busybox: Buildpy, daemon: Daemon, tmp_path):
