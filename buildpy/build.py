@@ -5,7 +5,7 @@ plan through the solver with buildpy's worker, the result through the exporters.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import trio
@@ -50,6 +50,7 @@ class BuildRequest:
     ssh: dict[str, SSHSource] = field(default_factory=dict)  # --ssh
     cache_from: list[CacheSpec] = field(default_factory=list)  # --cache-from
     cache_to: list[CacheSpec] = field(default_factory=list)  # --cache-to
+    labels: dict[str, str] = field(default_factory=dict)  # --label
 
 
 @dataclass
@@ -115,6 +116,13 @@ async def run_build(engine: Engine, req: BuildRequest, display: Display) -> Buil
     )
     for warning in plan.warnings:
         display.warn(warning)
+    if req.labels:
+        # The image's metadata, as a LABEL after the last line would set it, but
+        # outside every step's cache key: no step runs again for a new label.
+        inner = plan.config.get("config") or {}
+        labels = {**(inner.get("Labels") or {}), **req.labels}
+        config = {**plan.config, "config": {**inner, "Labels": labels}}
+        plan = replace(plan, config=config)
     epoch = _source_date_epoch(req)
     executor = find_executor(req.oci_runtime, engine.root / "runc")
     worker = BuildWorker(

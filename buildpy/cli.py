@@ -37,6 +37,34 @@ def _key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _label(text: str) -> tuple[str, str]:
+    """--label KEY=VALUE; a bare KEY is an empty label, as docker's."""
+    key, _, value = text.partition("=")
+    if not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _host_platform(text: str) -> str:
+    """--platform: one or more os/arch[/variant], all naming the host's platform,
+    the only one buildpy builds for (as docker buildx with no emulation)."""
+    from buildpy.engine import host_platform
+    from frontend.flags import FlagError, parse_platform
+
+    host = host_platform()
+    for item in text.split(","):
+        try:
+            os_, arch, _ = parse_platform(item.strip())
+        except FlagError as exc:
+            raise argparse.ArgumentTypeError(exc.message) from None
+        if (os_, arch) != host:
+            raise argparse.ArgumentTypeError(
+                f"{item.strip()}: buildpy builds for the host's platform only "
+                f"({'/'.join(host)})"
+            )
+    return "/".join(host)
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -101,6 +129,25 @@ def make_parser() -> argparse.ArgumentParser:
         "--oci-runtime", help="runc, crun, builtin or a path (default: runc if found)"
     )
     build.add_argument("-q", "--quiet", action="store_true", help="print only the ID")
+    build.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        type=_label,
+        metavar="KEY=VALUE",
+        help="set an image label, over the Dockerfile's (repeatable)",
+    )
+    build.add_argument(
+        "--load",
+        action="store_true",
+        help="into the local store (-o type=image), beside any other -o",
+    )
+    build.add_argument(
+        "--platform",
+        type=_host_platform,
+        metavar="OS/ARCH",
+        help="the target platform: the host's only (e.g. linux/amd64)",
+    )
     build.add_argument(
         "--check", action="store_true", help="run the build checks only, build nothing"
     )

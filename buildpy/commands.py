@@ -61,9 +61,12 @@ def build(args: argparse.Namespace, root: Path | None) -> int:
         ssh={s.id: s for s in map(SSHSource.parse, args.ssh)},
         cache_from=args.cache_from,  # buildpy.cacheio.CacheSpec, parsed by argparse
         cache_to=args.cache_to,
+        labels=dict(args.label),
     )
     if args.push:
         req.outputs.append(Output(type="image", push=True))
+    if args.load and not any(o.type == "image" for o in req.outputs):
+        req.outputs.append(Output(type="image"))
     cachecmds.apply_build_flags(args, req)
     display = make_display(mode)
     try:

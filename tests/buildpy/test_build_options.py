@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+from buildpy.engine import host_platform
 from tests.conftest import REPO, Buildpy, write_context
 
 
@@ -96,3 +97,38 @@ def test_tty_progress_draws_and_ends_with_a_summary(busybox: Buildpy, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout
     assert "Building" in proc.stdout and "RUN echo on-a-tty" in proc.stdout
+
+
+def test_label_load_and_platform_flags(busybox: Buildpy, tmp_path):
+    context = write_context(
+        tmp_path / "ctx",
+        {"Dockerfile": "FROM busybox\nLABEL a=dockerfile b=kept\nRUN echo hi > /f\n"},
+    )
+    busybox.build(context, "-t", "app:1")
+    host = "/".join(host_platform())
+    labelled = busybox.build(
+        context, "-t", "app:2", "--label", "a=flag", "--label", "c", "--platform", host
+    )
+    assert "cache miss" not in labelled.stderr  # labels are no step's input
+
+    def labels(name: str) -> dict[str, str]:
+        config = json.loads(busybox.run("inspect", name).stdout)[0]["Config"]
+        return config["config"]["Labels"]
+
+    assert labels("app:2") == {"a": "flag", "b": "kept", "c": ""}
+    assert labels("app:1") == {"a": "dockerfile", "b": "kept"}
+
+    # -o alone leaves the store's names alone; --load adds the store beside it.
+    busybox.build(context, "-t", "app:3", "-o", f"type=local,dest={tmp_path / 'a'}")
+    assert busybox.run("inspect", "app:3", check=False).returncode == 2
+    busybox.build(
+        context, "-t", "app:4", "--load", "-o", f"type=local,dest={tmp_path / 'b'}"
+    )
+    assert (tmp_path / "b" / "f").read_text() == "hi\n"
+    assert busybox.run("inspect", "app:4").returncode == 0
+
+    other = busybox.build(context, "--platform", "linux/s390x", check=False)
+    assert other.returncode == 2
+    assert f"buildpy builds for the host's platform only ({host})" in other.stderr
+    bad = busybox.build(context, "--platform", "linux", check=False)
+    assert bad.returncode == 2 and "expected os/arch[/variant]" in bad.stderr
