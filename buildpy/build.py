@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -51,6 +52,7 @@ class BuildRequest:
     cache_from: list[CacheSpec] = field(default_factory=list)  # --cache-from
     cache_to: list[CacheSpec] = field(default_factory=list)  # --cache-to
     labels: dict[str, str] = field(default_factory=dict)  # --label
+    pull: bool = False  # --pull: FROM images from their registries, always
 
 
 @dataclass
@@ -108,7 +110,7 @@ async def run_build(engine: Engine, req: BuildRequest, display: Display) -> Buil
         filename=dockerfile.name,
         build_args=req.build_args,
         target=req.target,
-        resolve_image=engine.resolve_image,
+        resolve_image=partial(engine.resolve_image, pull=req.pull),
         dockerignore=patterns,
         network=req.network,
         no_cache=req.no_cache,

@@ -143,6 +143,11 @@ def make_parser() -> argparse.ArgumentParser:
         help="into the local store (-o type=image), beside any other -o",
     )
     build.add_argument(
+        "--pull",
+        action="store_true",
+        help="pull the FROM images from their registries even when stored",
+    )
+    build.add_argument(
         "--platform",
         type=_host_platform,
         metavar="OS/ARCH",

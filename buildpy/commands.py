@@ -62,6 +62,7 @@ def build(args: argparse.Namespace, root: Path | None) -> int:
         cache_from=args.cache_from,  # buildpy.cacheio.CacheSpec, parsed by argparse
         cache_to=args.cache_to,
         labels=dict(args.label),
+        pull=args.pull,
     )
     if args.push:
         req.outputs.append(Output(type="image", push=True))

@@ -101,15 +101,22 @@ class Engine:
 
     # --- images ---------------------------------------------------------------
 
-    def resolve_image(self, name: str) -> ResolvedImage:
+    def resolve_image(self, name: str, *, pull: bool = False) -> ResolvedImage:
         """The frontend's image resolver: a name of the local store, pinned; pulled
-        from its registry (or a mirror) when the store does not have it."""
-        try:
-            digest = self.images.get(name)
-        except ImageNotFound:
-            from buildpy.transfer import pull_missing
+        from its registry (or a mirror) when the store does not have it, or always
+        with ``pull`` (``build --pull``) unless a digest pins it."""
+        # transfer (and the registry client) imported only when a pull is due.
+        if pull and "@" not in name:
+            from buildpy.transfer import pull_base
 
-            digest = pull_missing(self, name)  # LookupError when nowhere
+            digest = pull_base(self, name, asked=True)  # LookupError when it fails
+        else:
+            try:
+                digest = self.images.get(name)
+            except ImageNotFound:
+                from buildpy.transfer import pull_base
+
+                digest = pull_base(self, name)  # LookupError when nowhere
         manifest = self.images.manifest(digest)
         return ResolvedImage(
             ref=normalize_ref(name), digest=digest, config=self.images.config(manifest)

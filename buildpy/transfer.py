@@ -402,24 +402,29 @@ def push_image(
     return Pushed(ref, digest, len(data))
 
 
-def pull_missing(engine: Engine, name: str) -> str:
-    """For ``FROM``: pull an image the store lacks; its local manifest digest.
-    LookupError (NotFoundInRegistry) when the registry has no such image."""
+def pull_base(engine: Engine, name: str, *, asked: bool = False) -> str:
+    """For ``FROM``: pull an image the store lacks, or (``asked``: ``build
+    --pull``) one it may have, whose layers already stored are not fetched
+    again; its local manifest digest. BaseImageUnavailable (a LookupError)
+    when the registry has no such image or cannot be reached."""
     settings = RegistrySettings.load(engine.root)
     try:
         _, digest = pull_image(engine, name, settings)
     except RegistryError as exc:
-        raise BaseImageUnavailable(name, str(exc)) from None
+        message = f"base image {name}: --pull failed: {exc}" if asked else ""
+        raise BaseImageUnavailable(name, str(exc), message=message) from None
     return digest
 
 
 class BaseImageUnavailable(LookupError):
     """A FROM image that the store lacks and no registry gave; ``detail`` says
-    why (not found, refused, unreachable), for the frontend's message."""
+    why (not found, refused, unreachable), for the frontend's message, and
+    ``message`` is the whole message when the frontend's own would not fit."""
 
-    def __init__(self, name: str, detail: str) -> None:
+    def __init__(self, name: str, detail: str, *, message: str = "") -> None:
         super().__init__(name)
         self.detail = detail
+        self.message = message
 
 
 def push_built(engine: Engine, names: list[str], out: Any) -> list[Pushed]:

@@ -557,11 +557,15 @@ class _Converter:
             try:
                 self._images[ref] = self.resolve_image(ref)
             except LookupError as exc:
-                # A resolver that tried a registry says why in ``detail``.
+                # A resolver that tried a registry says why in ``detail``, or
+                # gives the whole ``message`` (a pull asked for, that failed).
                 detail = getattr(exc, "detail", "")
                 self.fail_at(node)(
-                    f"base image {ref} not found in the local store nor pulled: "
-                    f"{detail}"
+                    getattr(exc, "message", "")
+                    or (
+                        f"base image {ref} not found in the local store nor pulled: "
+                        f"{detail}"
+                    )
                     if detail
                     else f"base image {ref} not found in the local store; import it "
                     "with `buildpy import` or pull it"

@@ -151,6 +151,45 @@ def test_missing_images_are_not_found_and_say_where(
     assert "Traceback" not in failed.stderr
 
 
+def test_pull_flag_takes_the_registrys_newer_base(
+    busybox: Buildpy, second: Buildpy, registry: Registry, tmp_path: Path
+):
+    ref = f"{registry.host}/pullbase:1"
+
+    def base(version: str) -> str:
+        context = write_context(
+            tmp_path / version,
+            {"Dockerfile": f"FROM busybox\nRUN echo {version} > /v\n"},
+        )
+        busybox.build(context, "-t", ref, "--push")
+        return local_image(busybox, ref)["Id"]
+
+    first = base("v1")
+    second.run("pull", ref)
+    newer = base("v2")  # the registry's ref moves on; the second store's does not
+    app = write_context(
+        tmp_path / "app", {"Dockerfile": f"FROM {ref}\nRUN cat /v > /seen\n"}
+    )
+    second.build(app, "-o", f"type=local,dest={tmp_path / 'kept'}")
+    assert (tmp_path / "kept" / "seen").read_text() == "v1\n"
+    assert local_image(second, ref)["Id"] == first
+    second.build(app, "--pull", "-o", f"type=local,dest={tmp_path / 'pulled'}")
+    assert (tmp_path / "pulled" / "seen").read_text() == "v2\n"
+    assert local_image(second, ref)["Id"] == newer
+
+    gone = write_context(
+        tmp_path / "gone", {"Dockerfile": f"FROM {registry.host}/nothing:here\n"}
+    )
+    busybox.run("tag", "busybox", f"{registry.host}/nothing:here")  # local only
+    assert busybox.build(gone).returncode == 0
+    failed = busybox.build(gone, "--pull", check=False)
+    assert failed.returncode == 3  # the FROM line, as any base image not found
+    assert f"base image {registry.host}/nothing:here: --pull failed: " in (
+        failed.stderr
+    )
+    assert "Traceback" not in failed.stderr
+
+
 def _docker_config(path: Path, host: str, user: str, password: str) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     auth = base64.b64encode(f"{user}:{password}".encode()).decode()
