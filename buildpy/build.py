@@ -53,6 +53,7 @@ class BuildRequest:
     cache_to: list[CacheSpec] = field(default_factory=list)  # --cache-to
     labels: dict[str, str] = field(default_factory=dict)  # --label
     pull: bool = False  # --pull: FROM images from their registries, always
+    extra_hosts: list[tuple[str, str]] = field(default_factory=list)  # --add-host
 
 
 @dataclass
@@ -115,6 +116,7 @@ async def run_build(engine: Engine, req: BuildRequest, display: Display) -> Buil
         network=req.network,
         no_cache=req.no_cache,
         platform=host_platform(),
+        extra_hosts=req.extra_hosts,
     )
     for warning in plan.warnings:
         display.warn(warning)

@@ -45,6 +45,29 @@ def _label(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _extra_host(text: str) -> tuple[str, str]:
+    """--add-host NAME:ADDRESS or NAME=ADDRESS (an IPv6 address maybe in
+    brackets), as docker takes it; (name, address)."""
+    import ipaddress
+
+    sep = "=" if "=" in text else ":"
+    name, _, address = text.partition(sep)
+    address = address.removeprefix("[").removesuffix("]")
+    if address == "host-gateway":
+        raise argparse.ArgumentTypeError(
+            f"{text}: host-gateway is not supported (RUN uses the host's network)"
+        )
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid host {text!r}: expected NAME:ADDRESS, like db:10.0.0.5"
+        ) from None
+    if not name or any(c.isspace() for c in name):
+        raise argparse.ArgumentTypeError(f"invalid host name in {text!r}")
+    return name, address
+
+
 def _host_platform(text: str) -> str:
     """--platform: one or more os/arch[/variant], all naming the host's platform,
     the only one buildpy builds for (as docker buildx with no emulation)."""
@@ -141,6 +164,14 @@ def make_parser() -> argparse.ArgumentParser:
         "--load",
         action="store_true",
         help="into the local store (-o type=image), beside any other -o",
+    )
+    build.add_argument(
+        "--add-host",
+        action="append",
+        default=[],
+        type=_extra_host,
+        metavar="NAME:ADDRESS",
+        help="a line for RUN steps' /etc/hosts (repeatable)",
     )
     build.add_argument(
         "--pull",

@@ -63,6 +63,7 @@ def build(args: argparse.Namespace, root: Path | None) -> int:
         cache_to=args.cache_to,
         labels=dict(args.label),
         pull=args.pull,
+        extra_hosts=list(args.add_host),
     )
     if args.push:
         req.outputs.append(Output(type="image", push=True))

@@ -405,6 +405,7 @@ class BuildWorker:
                     user=op.user,
                     network=op.network,
                     mounts=extra.mounts,
+                    extra_hosts=op.extra_hosts,
                 )
                 try:
                     await self._thread(make_bundle, bundle, rootfs, spec)

@@ -274,6 +274,7 @@ class _Converter:
         network: str,
         no_cache: bool,
         platform: tuple[str, str],
+        extra_hosts: tuple[tuple[str, str], ...] = (),
     ) -> None:
         self.ast = ast
         self.filename = ast.filename
@@ -284,6 +285,7 @@ class _Converter:
         self.network = network
         self.no_cache = no_cache
         self.platform = platform
+        self.extra_hosts = extra_hosts
         self.used_args: set[str] = set()
         self.meta_args: dict[str, str | None] = {}
         self.stage_defs: list[_StageDef] = []
@@ -701,6 +703,7 @@ class _Converter:
             network=self.network if network == "default" else network,
             mounts=mounts,
             security=security,
+            extra_hosts=self.extra_hosts,
         )
         stage.root = Vertex(
             op, tuple(inputs), self.meta(stage.define, step, self.display(node), node)
@@ -1247,6 +1250,7 @@ def convert(
     network: str = "host",
     no_cache: bool = False,
     platform: tuple[str, str] = ("linux", "amd64"),
+    extra_hosts: Sequence[tuple[str, str]] = (),
 ) -> BuildPlan:
     """Turn a Dockerfile into the build graph of its target stage.
 
@@ -1262,6 +1266,7 @@ def convert(
         network=network,
         no_cache=no_cache,
         platform=platform,
+        extra_hosts=tuple(extra_hosts),
     )
     plan = converter.run()
     check_rules(converter, text)

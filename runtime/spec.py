@@ -114,6 +114,7 @@ class ProcessSpec:
     mounts: Sequence[Mount] = ()
     terminal: bool = False
     seccomp: bool = True  # docker's default profile (runtime.seccomp)
+    extra_hosts: Sequence[tuple[str, str]] = ()  # (name, address) for /etc/hosts
 
 
 @dataclass(frozen=True)
@@ -432,10 +433,15 @@ def build_config(
     }
 
 
-def _write_etc_files(bundle_dir: Path, hostname: str) -> None:
-    (bundle_dir / "hosts").write_text(
-        f"127.0.0.1\tlocalhost {hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-    )
+def _write_etc_files(
+    bundle_dir: Path, hostname: str, extra_hosts: Sequence[tuple[str, str]]
+) -> None:
+    lines = [
+        f"127.0.0.1\tlocalhost {hostname}",
+        "::1\tlocalhost ip6-localhost ip6-loopback",
+        *(f"{address}\t{name}" for name, address in extra_hosts),
+    ]
+    (bundle_dir / "hosts").write_text("\n".join(lines) + "\n")
     resolv = bundle_dir / "resolv.conf"
     try:
         shutil.copyfile("/etc/resolv.conf", resolv)
@@ -456,7 +462,7 @@ def make_bundle(bundle_dir: Path, rootfs: Path, spec: ProcessSpec) -> dict[str, 
     user = resolve_user(rootfs, spec.user)
     config = build_config(bundle_dir, rootfs, spec, user)
     bundle_dir.mkdir(parents=True, exist_ok=True)
-    _write_etc_files(bundle_dir, spec.hostname)
+    _write_etc_files(bundle_dir, spec.hostname, spec.extra_hosts)
 
     # The working directory belongs to the step's output (docker keeps a
     # WORKDIR it created), so it is made before the stubs are recorded.

@@ -239,7 +239,9 @@ class ExecOp(Op):
 
     ``env`` is the full environment the process sees, ``KEY=VALUE`` in order;
     ``user`` is ``user[:group]`` as the stage's USER set it ("" is root);
-    ``security`` is "sandbox" or "insecure" (``RUN --security``).
+    ``security`` is "sandbox" or "insecure" (``RUN --security``);
+    ``extra_hosts`` are (name, address) lines added to /etc/hosts (``build
+    --add-host``).
     """
 
     kind: ClassVar[str] = "exec"
@@ -250,6 +252,15 @@ class ExecOp(Op):
     network: str = "host"
     mounts: tuple[ExecMount, ...] = ()
     security: str = "sandbox"
+    extra_hosts: tuple[tuple[str, str], ...] = ()
+
+    def encode(self) -> dict[str, Any]:
+        encoded = super().encode()
+        if not self.extra_hosts:
+            # Added after the cache's first records: a step without extra hosts
+            # keeps the key it had, and the caches made before stay good.
+            del encoded["extra_hosts"]
+        return encoded
 
 
 @dataclass(frozen=True)

@@ -132,3 +132,31 @@ def test_label_load_and_platform_flags(busybox: Buildpy, tmp_path):
     assert f"buildpy builds for the host's platform only ({host})" in other.stderr
     bad = busybox.build(context, "--platform", "linux", check=False)
     assert bad.returncode == 2 and "expected os/arch[/variant]" in bad.stderr
+
+
+def test_add_host_lines_reach_run_steps_and_their_cache_keys(
+    busybox: Buildpy, tmp_path
+):
+    context = write_context(
+        tmp_path / "ctx", {"Dockerfile": "FROM busybox\nRUN cat /etc/hosts > /h\n"}
+    )
+
+    def hosts(*flags: str) -> tuple[str, str]:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        proc = busybox.build(context, *flags, "-o", f"type=local,dest={out}")
+        return (out / "h").read_text(), proc.stderr
+
+    plain, _ = hosts()
+    added, log = hosts("--add-host", "db:10.0.0.5", "--add-host", "v6=[fd00::1]")
+    assert added == plain + "10.0.0.5\tdb\nfd00::1\tv6\n"
+    assert "cache miss" in log  # the hosts are the step's input, as in BuildKit
+    again, log = hosts()
+    assert again == plain and "cache miss" not in log  # its key is the one it had
+
+    for bad, says in [
+        ("db", "expected NAME:ADDRESS"),
+        ("db:10.0.0.300", "expected NAME:ADDRESS"),
+        ("gw:host-gateway", "host-gateway is not supported"),
+    ]:
+        proc = busybox.build(context, "--add-host", bad, check=False)
+        assert proc.returncode == 2 and says in proc.stderr, bad
