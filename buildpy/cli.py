@@ -68,6 +68,22 @@ def _extra_host(text: str) -> tuple[str, str]:
     return name, address
 
 
+def _no_attestation(kind: str) -> Any:
+    """--provenance / --sbom: buildx's ways of saying none (false, 0,
+    disabled=true) are taken; anything asking for one is refused, not ignored."""
+
+    def check(text: str) -> bool:
+        value = text.strip().lower()
+        if value in ("false", "0") or "disabled=true" in value.split(","):
+            return False
+        raise argparse.ArgumentTypeError(
+            f"{text}: buildpy does not make {kind} attestations yet; "
+            f"--{kind}=false says so"
+        )
+
+    return check
+
+
 def _host_platform(text: str) -> str:
     """--platform: one or more os/arch[/variant], all naming the host's platform,
     the only one buildpy builds for (as docker buildx with no emulation)."""
@@ -173,6 +189,13 @@ def make_parser() -> argparse.ArgumentParser:
         metavar="NAME:ADDRESS",
         help="a line for RUN steps' /etc/hosts (repeatable)",
     )
+    for kind in ("provenance", "sbom"):
+        build.add_argument(
+            f"--{kind}",
+            type=_no_attestation(kind),
+            metavar="false",
+            help=f"accepted as false: buildpy attaches no {kind} attestation",
+        )
     build.add_argument(
         "--pull",
         action="store_true",

@@ -160,3 +160,14 @@ def test_add_host_lines_reach_run_steps_and_their_cache_keys(
     ]:
         proc = busybox.build(context, "--add-host", bad, check=False)
         assert proc.returncode == 2 and says in proc.stderr, bad
+
+
+def test_attestation_flags_take_only_no(busybox: Buildpy, tmp_path):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM busybox\n"})
+    for flag in ("--provenance=false", "--sbom=0", "--provenance=disabled=true"):
+        assert busybox.build(context, flag).returncode == 0
+    asked = busybox.build(context, "--provenance=mode=max", check=False)
+    assert asked.returncode == 2
+    assert "does not make provenance attestations yet" in asked.stderr
+    asked = busybox.build(context, "--sbom=true", check=False)
+    assert asked.returncode == 2 and "sbom attestations" in asked.stderr
