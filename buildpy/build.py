@@ -26,7 +26,7 @@ from buildpy.exporters import (
 from buildpy.mounts import SecretSource, SSHSource
 from buildpy.progress import Display
 from buildpy.worker import BuildWorker
-from frontend import IgnoreMatcher, convert, read_dockerignore
+from frontend import IgnoreMatcher, NamedContext, convert, read_dockerignore
 from runtime import find_executor
 from solver.keylock import KeyLocks
 from solver.scheduler import Solver, SolveResult
@@ -54,6 +54,7 @@ class BuildRequest:
     labels: dict[str, str] = field(default_factory=dict)  # --label
     pull: bool = False  # --pull: FROM images from their registries, always
     extra_hosts: list[tuple[str, str]] = field(default_factory=list)  # --add-host
+    build_contexts: list[tuple[str, str]] = field(default_factory=list)  # NAME, VALUE
 
 
 @dataclass
@@ -90,6 +91,36 @@ def read_dockerfile(req: BuildRequest) -> tuple[Path, str]:
         raise UsageError(f"cannot read Dockerfile {path}: {exc}") from None
 
 
+IMAGE_SCHEME = "docker-image://"
+
+
+def named_contexts(
+    given: list[tuple[str, str]],
+) -> tuple[dict[str, NamedContext], dict[str, tuple[Path, IgnoreMatcher | None]]]:
+    """``--build-context NAME=VALUE``s: what the frontend reads of them, and the
+    worker's directory and .dockerignore rules of each one that is a directory.
+    VALUE is ``docker-image://REF`` or a directory (the CLI refuses the rest)."""
+    frontend: dict[str, NamedContext] = {}
+    directories: dict[str, tuple[Path, IgnoreMatcher | None]] = {}
+    for name, value in given:
+        if value.startswith(IMAGE_SCHEME):
+            frontend[name] = NamedContext(image=value.removeprefix(IMAGE_SCHEME))
+            continue
+        path = Path(value)
+        if not path.is_dir():
+            raise UsageError(f"--build-context {name}={value}: not a directory")
+        ignore_file = path / ".dockerignore"
+        try:
+            text = ignore_file.read_text() if ignore_file.is_file() else ""
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read {ignore_file}: {exc}") from None
+        patterns = read_dockerignore(text)
+        frontend[name] = NamedContext(excludes=tuple(patterns))
+        rules = IgnoreMatcher(patterns) if patterns else None
+        directories[name] = (path.resolve(), rules)
+    return frontend, directories
+
+
 def read_ignore_patterns(req: BuildRequest, dockerfile: Path) -> list[str]:
     """``<Dockerfile>.dockerignore`` beside the Dockerfile wins over the context's
     ``.dockerignore``, as in BuildKit."""
@@ -106,6 +137,7 @@ async def run_build(engine: Engine, req: BuildRequest, display: Display) -> Buil
     with display.internal("[internal] load build definition from Dockerfile"):
         dockerfile, text = read_dockerfile(req)
         patterns = read_ignore_patterns(req, dockerfile)
+        named, named_dirs = named_contexts(req.build_contexts)
     plan = convert(
         text,
         filename=dockerfile.name,
@@ -117,6 +149,7 @@ async def run_build(engine: Engine, req: BuildRequest, display: Display) -> Buil
         no_cache=req.no_cache,
         platform=host_platform(),
         extra_hosts=req.extra_hosts,
+        named_contexts=named,
     )
     for warning in plan.warnings:
         display.warn(warning)
@@ -136,6 +169,7 @@ async def run_build(engine: Engine, req: BuildRequest, display: Display) -> Buil
         executor=executor,
         secrets=req.secrets,
         ssh=req.ssh,
+        named_contexts=named_dirs,
     )
     cache = await cacheio.import_caches(engine, req.cache_from, plan, display)
     solver = Solver(

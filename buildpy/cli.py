@@ -45,6 +45,25 @@ def _label(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _build_context(text: str) -> tuple[str, str]:
+    """--build-context NAME=VALUE: VALUE a directory or docker-image://REF; the
+    other sources buildx takes are refused by name."""
+    name, sep, value = text.partition("=")
+    name = name.strip().lower()
+    if not sep or not name or not value:
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=DIR or NAME=docker-image://REF, got {text!r}"
+        )
+    if name == "context":
+        raise argparse.ArgumentTypeError(f"{text}: 'context' is the main context")
+    other = ("oci-layout://", "target:", "http://", "https://", "git@")
+    if value.startswith(other) or value.endswith(".git"):
+        raise argparse.ArgumentTypeError(
+            f"{text}: only a directory or docker-image://REF is supported yet"
+        )
+    return name, value
+
+
 def _extra_host(text: str) -> tuple[str, str]:
     """--add-host NAME:ADDRESS or NAME=ADDRESS (an IPv6 address maybe in
     brackets), as docker takes it; (name, address)."""
@@ -180,6 +199,14 @@ def make_parser() -> argparse.ArgumentParser:
         "--load",
         action="store_true",
         help="into the local store (-o type=image), beside any other -o",
+    )
+    build.add_argument(
+        "--build-context",
+        action="append",
+        default=[],
+        type=_build_context,
+        metavar="NAME=DIR|docker-image://REF",
+        help="a context for FROM NAME, COPY --from=NAME (repeatable)",
     )
     build.add_argument(
         "--add-host",

@@ -64,6 +64,7 @@ def build(args: argparse.Namespace, root: Path | None) -> int:
         labels=dict(args.label),
         pull=args.pull,
         extra_hosts=list(args.add_host),
+        build_contexts=list(args.build_context),
     )
     if args.push:
         req.outputs.append(Output(type="image", push=True))

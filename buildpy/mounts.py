@@ -59,9 +59,26 @@ from buildpy.errors import UsageError, sole
 from runtime import Mount, mount, umount2
 from runtime.spec import secure_join
 from solver.errors import ExecutionError
-from solver.graph import ContextSource, CopyAction, ExecMount, ExecOp, Vertex
+from solver.graph import ContextSource, CopyAction, ExecMount, ExecOp, FileOp, Vertex
 
-CONTEXT_RESULT = "context"  # as buildpy.worker.CONTEXT_RESULT
+# The result of a ContextSource, which is no snapshot: the main context's, or
+# "context:NAME" for a --build-context NAME=DIR.
+CONTEXT_RESULT = "context"
+
+
+def context_result(name: str) -> str:
+    return CONTEXT_RESULT if name == CONTEXT_RESULT else f"{CONTEXT_RESULT}:{name}"
+
+
+def context_name(result: str) -> str | None:
+    """The context a result is (CONTEXT_RESULT for the main one), else None."""
+    if result == CONTEXT_RESULT:
+        return result
+    if result.startswith(CONTEXT_RESULT + ":"):
+        return result[len(CONTEXT_RESULT) + 1 :]
+    return None
+
+
 CACHE_DIR = "cachemounts"
 SECRETS_DIR = "/run/secrets"
 SSH_DIR = "/run/buildkit"
@@ -180,22 +197,33 @@ def needs_private_bundle(op: ExecOp) -> bool:
     return any(m.type == "secret" for m in op.mounts)
 
 
-def context_bind_actions(vertex: Vertex) -> list[CopyAction]:
-    """The context paths a RUN binds, as copies, so that the content of what a
-    step reads from the context enters its cache key as a COPY's does."""
+def context_reads(vertex: Vertex) -> list[tuple[str, CopyAction]]:
+    """What a step reads from a context, as (the context's name, a copy): a
+    COPY's own actions, and the paths a RUN binds as copies, so that the
+    content of what it reads enters its cache key as a COPY's does."""
     op = vertex.op
+    if isinstance(op, FileOp):
+        return [
+            (source.name, a)
+            for a in op.actions
+            if isinstance(a, CopyAction)
+            and isinstance(source := vertex.inputs[a.source].op, ContextSource)
+        ]
     if not isinstance(op, ExecOp):
         return []
-    actions = []
+    reads = []
     for m in op.mounts:
         if m.type != "bind":
             continue
-        if m.input is not None and not isinstance(
-            vertex.inputs[m.input].op, ContextSource
-        ):
-            continue
-        actions.append(CopyAction(sources=(m.source.strip("/") or ".",), dest="/"))
-    return actions
+        name = CONTEXT_RESULT
+        if m.input is not None:
+            source = vertex.inputs[m.input].op
+            if not isinstance(source, ContextSource):
+                continue
+            name = source.name
+        path = m.source.strip("/") or "."
+        reads.append((name, CopyAction(sources=(path,), dest="/")))
+    return reads
 
 
 class StepMounts:
@@ -335,7 +363,14 @@ class StepMounts:
         src_root = await stack.enter_async_context(self.view(result))
         source = secure_join(src_root, m.source or "/")
         if not os.path.lexists(source):
-            where = "the context" if result == CONTEXT_RESULT else "its input"
+            named = context_name(result)
+            where = (
+                "its input"
+                if named is None
+                else "the context"
+                if named == CONTEXT_RESULT
+                else f"the build context {named}"
+            )
             raise ExecutionError(
                 f"RUN --mount=type=bind: source {m.source!r} not found in {where}"
             )

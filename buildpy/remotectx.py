@@ -616,6 +616,7 @@ def context_plan(argv: list[str]) -> int:
 def context_needs(argv: list[str]) -> int:
     """The source patterns of what the build reads from its context and the
     .dockerignore rules, as JSON on stdout (``remoteclient.Scanner`` reads them)."""
+    from buildpy.build import named_contexts
     from buildpy.engine import Engine, host_platform
     from frontend import IgnoreMatcher, convert, read_dockerignore
 
@@ -627,6 +628,7 @@ def context_needs(argv: list[str]) -> int:
     patterns = (
         read_dockerignore(ignore_file.read_text()) if ignore_file.exists() else []
     )
+    named, _ = named_contexts(args.build_context)
     with Engine.open(None) as engine:
         plan = convert(
             text,
@@ -636,6 +638,7 @@ def context_needs(argv: list[str]) -> int:
             resolve_image=engine.resolve_image,
             dockerignore=patterns,
             platform=host_platform(),
+            named_contexts=named,
         )
     rules = [[p.exclusion, p.regex.pattern] for p in IgnoreMatcher(patterns).patterns]
     json.dump({"sources": source_patterns(plan.final), "ignore": rules}, sys.stdout)
@@ -647,8 +650,7 @@ def source_patterns(final: Any) -> list[list[list[str]]]:
     path elements each: ``["lit", name]`` or ``["re", regex]`` (Go's
     filepath.Match, as buildpy.fileops matches it)."""
     from buildpy import fileops
-    from buildpy.mounts import context_bind_actions
-    from solver.graph import ContextSource, CopyAction, ExecOp, FileOp
+    from buildpy.mounts import CONTEXT_RESULT, context_reads
 
     out: list[list[list[str]]] = []
     seen: set[str] = set()
@@ -659,17 +661,8 @@ def source_patterns(final: Any) -> list[list[list[str]]]:
             continue
         seen.add(vertex.digest)
         stack.extend(vertex.inputs)
-        if isinstance(vertex.op, ExecOp):
-            actions = context_bind_actions(vertex)
-        elif isinstance(vertex.op, FileOp):
-            actions = [
-                a
-                for a in vertex.op.actions
-                if isinstance(a, CopyAction)
-                and isinstance(vertex.inputs[a.source].op, ContextSource)
-            ]
-        else:
-            continue
+        # Only the main context travels; a --build-context DIR is the daemon's.
+        actions = [a for name, a in context_reads(vertex) if name == CONTEXT_RESULT]
         for action in actions:
             for pattern in action.sources:
                 elements, _pivot = fileops._source_elements(pattern, action.parents)

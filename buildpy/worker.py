@@ -43,7 +43,15 @@ from buildpy.fileops import (
     mkdir,
     mkfile,
 )
-from buildpy.mounts import SecretSource, SSHSource, StepMounts, context_bind_actions
+from buildpy.mounts import (
+    CONTEXT_RESULT,
+    SecretSource,
+    SSHSource,
+    StepMounts,
+    context_name,
+    context_reads,
+    context_result,
+)
 from runtime import Executor, ProcessSpec, UserNotFound, make_bundle
 from snapshotter.errors import SnapshotError
 from solver.errors import ExecutionError
@@ -64,7 +72,6 @@ from solver.worker import EarlierRun, LogSink
 
 logger = logging.getLogger(__name__)
 
-CONTEXT_RESULT = "context"
 SCRATCH_RESULT = ""
 # Entries of the context that the checksums selected and a copy may write
 # without walking the context again, kept in all (a few hundred bytes each).
@@ -108,10 +115,13 @@ class BuildWorker:
         limiter: trio.CapacityLimiter | None = None,
         secrets: dict[str, SecretSource] | None = None,
         ssh: dict[str, SSHSource] | None = None,
+        named_contexts: dict[str, tuple[Path, Ignore | None]] | None = None,
     ) -> None:
         self.engine = engine
-        self.context_dir = context_dir
-        self.ignore = ignore
+        # Every context by name: the main one, and each --build-context NAME=DIR;
+        # (directory, its .dockerignore rules).
+        self.contexts = {CONTEXT_RESULT: (context_dir, ignore)}
+        self.contexts.update(named_contexts or {})
         self.executor = executor
         # Blocking filesystem work (hashing, copying, mounting) runs in threads.
         self.limiter = limiter or trio.CapacityLimiter(4)
@@ -155,28 +165,21 @@ class BuildWorker:
             except BuildpyError as exc:  # httpsource.FetchError
                 raise ExecutionError(str(exc)) from exc
             return fetched.checksum()
-        if isinstance(op, ExecOp):
-            actions = context_bind_actions(vertex)  # RUN --mount=type=bind
-        elif isinstance(op, FileOp):
-            actions = [
-                a
-                for a in op.actions
-                if isinstance(a, CopyAction)
-                and isinstance(vertex.inputs[a.source].op, ContextSource)
-            ]
-        else:
+        reads = context_reads(vertex)  # COPY from a context, RUN --mount=type=bind
+        if not reads:
             return None
         sums: list[str] = []
         detail: dict[str, list[str]] = {}  # solver.explain names files with it
-        for action in actions:
+        for name, action in reads:
             selected: list[Selected] | None = [] if isinstance(op, FileOp) else None
+            directory, ignore = self._context(name)
             try:
                 sums.append(
                     await self._thread(
                         self.engine.hasher.checksum,
-                        self.context_dir,
+                        directory,
                         action,
-                        self.ignore,
+                        ignore,
                         detail,
                         selected,
                     )
@@ -242,7 +245,8 @@ class BuildWorker:
         inputs = [await self._thread(self.engine.materialize, r) for r in inputs]
         try:
             if isinstance(op, ContextSource):
-                return CONTEXT_RESULT
+                self._context(op.name)  # a name the build was not given fails here
+                return context_result(op.name)
             if isinstance(op, ScratchSource):
                 return SCRATCH_RESULT
             if isinstance(op, ImageSource):
@@ -273,6 +277,16 @@ class BuildWorker:
         except SnapshotError as exc:
             raise ExecutionError(str(exc), user_fault=False) from exc
         raise ExecutionError(f"unknown op {op.kind}", user_fault=False)
+
+    def _context(self, name: str) -> tuple[Path, Ignore | None]:
+        """A context's directory and .dockerignore rules, by name."""
+        try:
+            return self.contexts[name]
+        except KeyError:
+            raise ExecutionError(
+                f"build context {name!r} was not given (--build-context)",
+                user_fault=False,
+            ) from None
 
     # --- mounts ---------------------------------------------------------------
 
@@ -317,8 +331,9 @@ class BuildWorker:
     @asynccontextmanager
     async def _source(self, result: str) -> AsyncIterator[Path]:
         """A directory to copy from: the context, or a read-only view of a result."""
-        if result == CONTEXT_RESULT:
-            yield self.context_dir
+        name = context_name(result)
+        if name is not None:
+            yield self._context(name)[0]
             return
         target = self.engine.root / "mnt" / ("view-" + _new_id())
         target.mkdir(parents=True)
@@ -357,9 +372,10 @@ class BuildWorker:
                 try:
                     if isinstance(action, CopyAction):
                         result = inputs[action.source]
+                        name = context_name(result)
                         selected = (
                             self._take_selection((vertex.digest, action))
-                            if result == CONTEXT_RESULT
+                            if name is not None
                             else None
                         )
                         async with self._source(result) as src:
@@ -369,10 +385,8 @@ class BuildWorker:
                                     target,
                                     src,
                                     action,
-                                    ignore=self.ignore
-                                    if result == CONTEXT_RESULT
-                                    else None,
-                                    from_context=result == CONTEXT_RESULT,
+                                    ignore=self._context(name)[1] if name else None,
+                                    from_context=name is not None,
                                     kept=kept,
                                     selected=selected,
                                 )

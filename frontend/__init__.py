@@ -4,6 +4,7 @@ from frontend.convert import (
     BuildPlan,
     HistoryEntry,
     ImageResolver,
+    NamedContext,
     ResolvedImage,
     convert,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "IgnoreMatcher",
     "ImageResolver",
     "Instruction",
+    "NamedContext",
     "ResolvedImage",
     "ShellError",
     "convert",

@@ -104,6 +104,18 @@ class HistoryEntry:
     comment: str = HISTORY_COMMENT
 
 
+@dataclass(frozen=True)
+class NamedContext:
+    """A ``--build-context NAME=...``: the image ``image`` names (FROM NAME and
+    ``--from=NAME`` read it instead of an image or stage of that name), or,
+    with ``image`` None, a local directory that ``--from=NAME`` reads as the
+    context is read (a ContextSource named NAME, ``excludes`` its
+    .dockerignore's patterns)."""
+
+    image: str | None = None
+    excludes: tuple[str, ...] = ()
+
+
 @dataclass
 class BuildPlan:
     final: Vertex  # root filesystem of the target stage
@@ -275,6 +287,7 @@ class _Converter:
         no_cache: bool,
         platform: tuple[str, str],
         extra_hosts: tuple[tuple[str, str], ...] = (),
+        named_contexts: Mapping[str, NamedContext] | None = None,
     ) -> None:
         self.ast = ast
         self.filename = ast.filename
@@ -286,6 +299,8 @@ class _Converter:
         self.no_cache = no_cache
         self.platform = platform
         self.extra_hosts = extra_hosts
+        self.named = {k.lower(): v for k, v in (named_contexts or {}).items()}
+        self._named_vertices: dict[str, Vertex] = {}
         self.used_args: set[str] = set()
         self.meta_args: dict[str, str | None] = {}
         self.stage_defs: list[_StageDef] = []
@@ -554,10 +569,30 @@ class _Converter:
             )
         return self._context
 
+    def named_context(self, name: str, named: NamedContext) -> Vertex:
+        """The vertex of a local directory given as ``--build-context NAME=DIR``."""
+        if name not in self._named_vertices:
+            self._named_vertices[name] = Vertex(
+                ContextSource(name=name, excludes=named.excludes),
+                meta=VertexMeta(
+                    name=f"[internal] load build context {name}",
+                    ignore_cache=self.no_cache,
+                ),
+            )
+        return self._named_vertices[name]
+
     def image(self, ref: str, node: Instruction) -> ResolvedImage:
         if ref not in self._images:
+            named = self.named.get(ref.lower())
+            if named is not None and named.image is None:
+                self.fail_at(node)(
+                    f"{ref} is a directory (--build-context): COPY --from and RUN "
+                    "--mount from= read it; as a base image it is not supported yet"
+                )
             try:
-                self._images[ref] = self.resolve_image(ref)
+                self._images[ref] = self.resolve_image(
+                    named.image if named is not None and named.image else ref
+                )
             except LookupError as exc:
                 # A resolver that tried a registry says why in ``detail``, or
                 # gives the whole ``message`` (a pull asked for, that failed).
@@ -803,6 +838,9 @@ class _Converter:
         define = self.from_stage(value, node)
         if define is not None:
             return self.stages[define.index].root
+        named = self.named.get(value.lower())
+        if named is not None and named.image is None:
+            return self.named_context(value.lower(), named)
         resolved = self.image(value, node)
         return Vertex(
             ImageSource(resolved.ref, resolved.digest),
@@ -1251,6 +1289,7 @@ def convert(
     no_cache: bool = False,
     platform: tuple[str, str] = ("linux", "amd64"),
     extra_hosts: Sequence[tuple[str, str]] = (),
+    named_contexts: Mapping[str, NamedContext] | None = None,
 ) -> BuildPlan:
     """Turn a Dockerfile into the build graph of its target stage.
 
@@ -1267,6 +1306,7 @@ def convert(
         no_cache=no_cache,
         platform=platform,
         extra_hosts=tuple(extra_hosts),
+        named_contexts=named_contexts,
     )
     plan = converter.run()
     check_rules(converter, text)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from buildpy.engine import host_platform
 from tests.conftest import REPO, Buildpy, write_context
@@ -171,3 +172,52 @@ def test_attestation_flags_take_only_no(busybox: Buildpy, tmp_path):
     assert "does not make provenance attestations yet" in asked.stderr
     asked = busybox.build(context, "--sbom=true", check=False)
     assert asked.returncode == 2 and "sbom attestations" in asked.stderr
+
+
+def test_build_context_directory_and_image(busybox: Buildpy, tmp_path):
+    shared = write_context(
+        tmp_path / "shared",
+        {"lib/x.txt": "x1\n", "secret.key": "k\n", ".dockerignore": "*.key\n"},
+    )
+    context = write_context(
+        tmp_path / "ctx",
+        {
+            "Dockerfile": (
+                "FROM tools\n"
+                "COPY --from=shared . /all/\n"
+                "RUN --mount=type=bind,from=shared,source=lib,target=/s "
+                "cat /s/x.txt > /bound\n"
+                "COPY --from=tools /bin/busybox /copied-busybox\n"
+            )
+        },
+    )
+    flags = ("--build-context", "tools=docker-image://busybox")
+    flags += ("--build-context", f"shared={shared}")
+
+    def build(*more: str) -> tuple[Path, str]:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        proc = busybox.build(context, *flags, *more, "-o", f"type=local,dest={out}")
+        return out, proc.stderr
+
+    out, _ = build()
+    assert (out / "all/lib/x.txt").read_text() == "x1\n"
+    assert not (out / "all/secret.key").exists()  # the directory's .dockerignore
+    assert (out / "bound").read_text() == "x1\n"
+    assert (out / "copied-busybox").exists() and (out / "bin/busybox").exists()
+    assert build()[1].count("CACHED") >= 3
+    (shared / "lib/x.txt").write_text("x2\n")  # the content is in the keys
+    out, log = build()
+    assert "file lib/x.txt changed" in log
+    assert (out / "bound").read_text() == "x2\n"
+
+    based = write_context(tmp_path / "based", {"Dockerfile": "FROM shared\n"})
+    proc = busybox.build(based, *flags, check=False)
+    assert proc.returncode == 3
+    assert "shared is a directory (--build-context)" in proc.stderr
+    for bad, says in [
+        ("shared", "expected NAME=DIR"),
+        ("x=https://example.invalid/r.git", "only a directory or docker-image"),
+        (f"x={tmp_path / 'none'}", "not a directory"),
+    ]:
+        proc = busybox.build(context, "--build-context", bad, check=False)
+        assert proc.returncode == 2 and says in proc.stderr, bad

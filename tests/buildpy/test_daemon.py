@@ -194,11 +194,16 @@ def test_relative_paths_and_build_arg_from_client_env(
 ):
     write_context(
         tmp_path / "ctx",
-        {"Dockerfile": "FROM busybox\nARG GREETING\nRUN echo said-$GREETING\n"},
+        {
+            "Dockerfile": "FROM busybox\nARG GREETING\nRUN echo said-$GREETING\n"
+            "COPY --from=lib l.txt /l\n"
+        },
     )
+    write_context(tmp_path / "libdir", {"l.txt": "from lib\n"})
     proc = subprocess.run(
         [sys.executable, "-m", "buildpy", "build", "--progress", "plain"]
-        + ["--build-arg", "GREETING", "--iidfile", "iid", "ctx"],
+        + ["--build-arg", "GREETING", "--iidfile", "iid", "-o", "out"]
+        + ["--build-context", "lib=libdir", "ctx"],
         env={**os.environ, "BUILDPY_HOST": daemon.addr, "GREETING": "hello"},
         cwd=tmp_path,  # a relative context: the command runs in the client's cwd
         capture_output=True,
@@ -210,6 +215,7 @@ def test_relative_paths_and_build_arg_from_client_env(
     written = re.search(r"writing image (sha256:\w{64})", proc.stderr)
     assert written is not None
     assert (tmp_path / "iid").read_text() == written.group(1)
+    assert (tmp_path / "out" / "l").read_text() == "from lib\n"
 
 
 def test_ten_builds_at_once(busybox: Buildpy, daemon: Daemon, tmp_path):
