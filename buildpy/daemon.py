@@ -743,6 +743,15 @@ def _build_argv(body: dict[str, Any]) -> list[str]:
         argv += ["--output", str(output)]
     if body.get("network"):
         argv += ["--network", str(body["network"])]
+    # As docker's Engine API names them.
+    for key, value in (body.get("labels") or {}).items():
+        argv += ["--label", f"{key}={value}"]
+    for host in body.get("extrahosts") or []:
+        argv += ["--add-host", str(host)]
+    if body.get("pull"):
+        argv.append("--pull")
+    if body.get("platform"):
+        argv += ["--platform", str(body["platform"])]
     argv.append(context)
     return argv
 

@@ -510,7 +510,8 @@ def test_client_json_is_the_json_modules(value: Any):
 
 def test_api_images_inspect_build(busybox: Buildpy, daemon: Daemon, tmp_path):
     context = write_context(
-        tmp_path / "ctx", {"Dockerfile": "FROM busybox\nRUN echo api\n"}
+        tmp_path / "ctx",
+        {"Dockerfile": "FROM busybox\nRUN echo api && grep -q db /etc/hosts\n"},
     )
     images = request_json(daemon.addr, "GET", "/images/json")
     assert [image["RepoTags"] for image in images] == [["busybox:latest"]]
@@ -520,7 +521,12 @@ def test_api_images_inspect_build(busybox: Buildpy, daemon: Daemon, tmp_path):
         request_json(daemon.addr, "GET", "/images/nope/json")
     conn = UnixHTTPConnection(client.socket_path(daemon.addr))
     try:
-        body = {"context": str(context), "tags": ["api:1"]}
+        body = {
+            "context": str(context),
+            "tags": ["api:1"],
+            "labels": {"via": "api"},
+            "extrahosts": ["db:10.0.0.5"],
+        }
         conn.request("POST", "/build", body=json.dumps(body))
         resp = conn.getresponse()
         assert resp.status == 200
@@ -532,6 +538,8 @@ def test_api_images_inspect_build(busybox: Buildpy, daemon: Daemon, tmp_path):
     assert result["exit_code"] == 0, result
     tags = busybox.run("images").stdout
     assert "api " in tags
+    config = json.loads(busybox.run("inspect", "api:1").stdout)[0]["Config"]
+    assert config["config"]["Labels"] == {"via": "api"}
 
 
 def test_contrib_units_verify(tmp_path):
