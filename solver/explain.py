@@ -89,6 +89,7 @@ def file_changes(old: dict[str, list[str]], new: dict[str, list[str]]) -> list[s
         was, now = old.get(path), new.get(path)
         if was == now:
             continue
+        path = path or "."  # the top of what the step copies
         if was is None:
             out.append(f"{_kind(now)} {path} added")
         elif now is None:

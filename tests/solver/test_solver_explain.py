@@ -58,6 +58,15 @@ def test_added_removed_mode_and_type_changes() -> None:
     ]
 
 
+def test_the_top_of_a_copied_directory_is_named_dot() -> None:
+    old = {"a.txt": ["file", "1", "644"]}
+    new = {"": ["dir", "", "755"], "a.txt": ["file", "1", "644"]}
+    assert file_changes(old, new) == ["dir . added"]
+    assert file_changes(new, {**new, "": ["dir", "", "700"]}) == [
+        "mode of . changed (755 -> 700)"
+    ]
+
+
 def test_build_args_and_env_are_named_with_old_and_new_values() -> None:
     old = ["PATH=/bin", "VERSION=1.0", "DEBUG=1"]
     new = ["PATH=/usr/bin", "VERSION=2.0", "EXTRA=x"]
