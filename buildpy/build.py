@@ -36,6 +36,7 @@ from solver.scheduler import Solver, SolveResult
 class BuildRequest:
     context: Path
     dockerfile: Path | None = None
+    dockerfile_text: str | None = None  # read from stdin: -f -, or build -
     tags: list[str] = field(default_factory=list)
     build_args: dict[str, str] = field(default_factory=dict)
     target: str | None = None
@@ -82,6 +83,8 @@ def _source_date_epoch(req: BuildRequest) -> int | None:
 def read_dockerfile(req: BuildRequest) -> tuple[Path, str]:
     if not req.context.is_dir():
         raise UsageError(f"build context {str(req.context)!r} is not a directory")
+    if req.dockerfile_text is not None:
+        return Path("Dockerfile"), req.dockerfile_text
     path = req.dockerfile or req.context / "Dockerfile"
     try:
         return path, path.read_text()
@@ -123,11 +126,11 @@ def named_contexts(
 
 def read_ignore_patterns(req: BuildRequest, dockerfile: Path) -> list[str]:
     """``<Dockerfile>.dockerignore`` beside the Dockerfile wins over the context's
-    ``.dockerignore``, as in BuildKit."""
-    for candidate in (
-        dockerfile.with_name(dockerfile.name + ".dockerignore"),
-        req.context / ".dockerignore",
-    ):
+    ``.dockerignore``, as in BuildKit. A Dockerfile from stdin is beside nothing."""
+    candidates = [req.context / ".dockerignore"]
+    if req.dockerfile_text is None:
+        candidates.insert(0, dockerfile.with_name(dockerfile.name + ".dockerignore"))
+    for candidate in candidates:
         if candidate.is_file():
             return read_dockerignore(candidate.read_text())
     return []

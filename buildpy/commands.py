@@ -10,6 +10,8 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ from buildpy.errors import InfraError, UsageError
 from buildpy.exporters import Output, _timestamp
 from buildpy.mounts import SecretSource, SSHSource
 from buildpy.progress import Display, error_block, make_display
+from buildpy.stdinput import build_input, uses_stdin
 from frontend import DockerfileError
 from frontend.errors import source_frame
 from runtime import ExecutorUnavailable
@@ -73,7 +76,10 @@ def build(args: argparse.Namespace, root: Path | None) -> int:
     cachecmds.apply_build_flags(args, req)
     display = make_display(mode)
     try:
-        with Engine.open(root, verify_cache=args.verify_cache) as engine:
+        with (
+            Engine.open(root, verify_cache=args.verify_cache) as engine,
+            _read_stdin(engine, req),
+        ):
             result = cachecmds.run_build_locked(
                 engine, args, lambda: run_trio(run_build, engine, req, display)
             )
@@ -106,7 +112,28 @@ def build(args: argparse.Namespace, root: Path | None) -> int:
     return errors.EXIT_OK
 
 
+@contextmanager
+def _read_stdin(engine: Engine, req: BuildRequest) -> Iterator[None]:
+    """``-f -`` and ``build -``: the request's Dockerfile or context from stdin
+    (buildpy.stdinput), for as long as the build runs."""
+    if not uses_stdin(req.context, req.dockerfile):
+        yield
+        return
+    tmp = engine.root / "tmp"
+    with build_input(req.context, req.dockerfile, sys.stdin.buffer, tmp) as given:
+        req.context, req.dockerfile = given.context, given.dockerfile
+        req.dockerfile_text = given.dockerfile_text
+        try:
+            yield
+        finally:
+            # A context from stdin lives in a directory never seen again: its
+            # checksum records would only pile up.
+            engine.hasher.forget(given.context.resolve())
+
+
 def _dockerfile_text(req: BuildRequest) -> str:
+    if req.dockerfile_text is not None:
+        return req.dockerfile_text
     path = req.dockerfile or req.context / "Dockerfile"
     try:
         return path.read_text()

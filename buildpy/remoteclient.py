@@ -374,15 +374,18 @@ def scan(
     needs: dict[str, Any],
     *,
     clock: Callable[[], int] = time.time_ns,
+    keep: bool = True,
 ) -> Scanner:
     """Walk and hash what the daemon's ``needs`` reach; the stat cache is
-    read before and written after."""
+    read before and written after (not for a context never seen again:
+    ``keep`` False)."""
     root = os.path.realpath(context)
     cache = StatCache.load(root)
     scanner = Scanner(root, needs.get("ignore") or [], cache, clock=clock)
     for elements in needs.get("sources") or []:
         scanner.source(elements)
-    cache.save()
+    if keep:
+        cache.save()
     return scanner
 
 
@@ -494,25 +497,61 @@ def send_context(conn: http.client.HTTPConnection, argv: list[str]) -> int | Non
         return None
     context = Path(plan["context"])
     dockerfile = Path(plan["dockerfile"]) if plan.get("dockerfile") else None
+    if "-" not in (plan["context"], plan.get("dockerfile")):
+        return _send_context(conn, argv, context, dockerfile)
+    # -f - or build -: read here, where stdin is; the daemon gets files as ever.
+    # Imported here: tarfile and what it imports cost every other command.
+    from buildpy import stdinput
+    from buildpy.errors import BuildpyError
+
+    try:
+        with stdinput.build_input(context, dockerfile, sys.stdin.buffer, None) as given:
+            return _send_context(
+                conn,
+                argv,
+                given.context,
+                given.dockerfile,
+                given.dockerfile_text,
+                keep=context != stdinput.STDIN,
+            )
+    except BuildpyError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _send_context(
+    conn: http.client.HTTPConnection,
+    argv: list[str],
+    context: Path,
+    dockerfile: Path | None,
+    dockerfile_text: str | None = None,
+    *,
+    keep: bool = True,
+) -> int | None:
+    """Steps 2-4 for the context directory ``context``; ``dockerfile_text``:
+    the Dockerfile read from stdin. ``keep``: whether the stat cache is kept
+    (not for a context unpacked from stdin, never seen again)."""
     if not context.is_dir():
         print(
             f"ERROR: build context {str(context)!r} is not a directory", file=sys.stderr
         )
         return client.EXIT_USAGE
     path = dockerfile or context / "Dockerfile"
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        print(f"ERROR: cannot read Dockerfile: {path} does not exist", file=sys.stderr)
-        return client.EXIT_USAGE
-    except (OSError, UnicodeDecodeError) as exc:
-        print(f"ERROR: cannot read Dockerfile {path}: {exc}", file=sys.stderr)
-        return client.EXIT_USAGE
+    ignore_files = [path.with_name(path.name + ".dockerignore")]
+    if dockerfile_text is not None:  # from stdin: beside no other file
+        path, text, ignore_files = Path("Dockerfile"), dockerfile_text, []
+    else:
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            message = f"ERROR: cannot read Dockerfile: {path} does not exist"
+            print(message, file=sys.stderr)
+            return client.EXIT_USAGE
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"ERROR: cannot read Dockerfile {path}: {exc}", file=sys.stderr)
+            return client.EXIT_USAGE
     ignore = None
-    for candidate in (
-        path.with_name(path.name + ".dockerignore"),
-        context / ".dockerignore",
-    ):
+    for candidate in (*ignore_files, context / ".dockerignore"):
         if candidate.is_file():
             ignore = candidate.read_text()
             break
@@ -525,7 +564,7 @@ def send_context(conn: http.client.HTTPConnection, argv: list[str]) -> int | Non
             "dockerignore": ignore,
         },
     )
-    scanner = scan(str(context), needs)
+    scanner = scan(str(context), needs, keep=keep)
     listed = _post_stream(
         conn, "/context/entries", entry_lines(scanner), "application/x-ndjson"
     )

@@ -70,17 +70,21 @@ class Buildpy:
         check: bool = True,
         env: dict[str, str] | None = None,
         timeout: float = 300,
+        stdin: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
+        """Run ``buildpy ARGS``; ``stdin``: a file it reads as its stdin."""
         full_env = {**os.environ, "BUILDPY_ROOT": str(self.root), **(env or {})}
         full_env.pop("BUILDKIT_PROGRESS", None)
-        proc = subprocess.run(
-            [sys.executable, "-m", "buildpy", *map(str, args)],
-            capture_output=True,
-            text=True,
-            env={**full_env, **(env or {})},
-            timeout=timeout,
-            cwd=REPO,
-        )
+        with open(stdin or os.devnull, "rb") as given:
+            proc = subprocess.run(
+                [sys.executable, "-m", "buildpy", *map(str, args)],
+                stdin=given,
+                capture_output=True,
+                text=True,
+                env={**full_env, **(env or {})},
+                timeout=timeout,
+                cwd=REPO,
+            )
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"buildpy {' '.join(map(str, args))} exited {proc.returncode}\n"

@@ -24,7 +24,8 @@ from tests.buildpy.test_daemon import (
     processes_of,
     start_daemon,
 )
-from tests.conftest import Buildpy, mounts_under
+from tests.buildpy.test_stdin import PIPED, context_archive, stdin_file
+from tests.conftest import Buildpy, mounts_under, write_context
 
 SDE = {"SOURCE_DATE_EPOCH": "1700000000"}  # the same image ID from two builds
 
@@ -111,12 +112,15 @@ def over_tcp(
     ca: str = "ca",
     env: dict[str, str] | None = None,
     check: bool = True,
+    stdin: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     tls = ["--tlscacert", str(certs / f"{ca}.pem")]
     if client is not None:
         tls += ["--tlscert", str(certs / f"{client}-cert.pem")]
         tls += ["--tlskey", str(certs / f"{client}-key.pem")]
-    return buildpy.run("--addr", daemon.addr, *tls, *args, env=env, check=check)
+    return buildpy.run(
+        "--addr", daemon.addr, *tls, *args, env=env, check=check, stdin=stdin
+    )
 
 
 def _one_line(text: str) -> str:
@@ -295,6 +299,37 @@ def test_tcp_build_matches_the_unix_socket(
     local = busybox.run("build", ctx, check=False)
     assert remote.returncode == local.returncode != 0
     assert remote.stderr.splitlines()[-1] == local.stderr.splitlines()[-1]
+
+
+# --- stdin, read by the client ---------------------------------------------------
+
+
+def test_stdin_over_tcp_matches_embedded(
+    busybox: Buildpy,
+    tcp_daemon: TcpDaemon,
+    certs: Path,
+    tmp_path,
+):
+    ctx = write_context(tmp_path / "ctx", {"a.txt": "from the context\n"})
+    piped = stdin_file(tmp_path, "piped", PIPED)
+    archive = context_archive(tmp_path)
+    env = {**SDE, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    for args, fed in [
+        (("build", "-q", "-f", "-", ctx), piped),
+        (("build", "-q", "-f", "app/Dockerfile.alt", "-"), archive),
+    ]:
+        remote = over_tcp(busybox, tcp_daemon, certs, *args, env=env, stdin=fed)
+        local = busybox.run(*args, env=SDE, stdin=fed)
+        assert remote.stdout == local.stdout
+    # Only the named context is remembered in the client's stat cache.
+    assert len(list((tmp_path / "cache/buildpy").iterdir())) == 1
+    both = over_tcp(
+        busybox, tcp_daemon, certs, "build", "-f", "-", "-", stdin=piped, check=False
+    )
+    assert both.returncode == 2
+    assert both.stderr.strip() == (
+        "ERROR: cannot read both the build context and the Dockerfile from stdin"
+    )
 
 
 def test_scanner_reads_only_changed_files(tmp_path, monkeypatch):
