@@ -9,8 +9,9 @@ ours. So a command gives the same output and exit code either way, by constructi
 
 When the daemon is used (``forward_target``): ``--addr ADDR`` or ``$BUILDPY_HOST``
 name it; else, when neither ``--root`` nor ``$BUILDPY_ROOT`` is given and the
-default socket exists, that one. ``buildpy serve`` never forwards, nor ``run -i``
-(the daemon does not carry stdin yet).
+default socket exists, that one. ``buildpy serve`` never forwards, nor ``run -i``:
+the daemon's child reads the client's stdin, passed with the request, but a
+container's terminal and its interactive stdin need more than that.
 
 Ctrl-C does what it does embedded: the client half-closes its connection, the
 daemon sends SIGINT to the child, and the child's own clean-up output and exit code
@@ -273,15 +274,21 @@ def _pump(reader: BinaryIO, out: BinaryIO, err: BinaryIO) -> int | None:
 
 
 def converse(
-    sock: _socket.socket, request: bytes, addr: str, reader: BinaryIO | None = None
+    sock: _socket.socket,
+    request: bytes,
+    addr: str,
+    reader: BinaryIO | None = None,
+    stdin: int | None = None,
 ) -> int:
     """Send ``request`` (``cli_request``) on a connected socket, plain or TLS, and
     copy the command's frames to our streams; its exit code. ``reader``: what the
     answer is read from when that is not the socket's bytes themselves (TLS); it
     is closed here. Ctrl-C closes our half of the connection, which makes the
     daemon interrupt the command; its clean-up output and exit code still come
-    back, as when it runs embedded. Raises OSError (ConnectionError among them)
-    when the connection fails."""
+    back, as when it runs embedded. ``stdin``: a descriptor sent with the
+    request (SCM_RIGHTS, on a Unix socket), which the command reads as its
+    stdin. Raises OSError (ConnectionError among them) when the connection
+    fails."""
     out = sys.stdout.buffer
     err = sys.stderr.buffer
     sys.stdout.flush()
@@ -291,7 +298,14 @@ def converse(
     status = None
     try:
         try:
-            sock.sendall(request)
+            if stdin is not None:
+                rights = struct.pack("i", stdin)
+                ancillary = [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)]
+                request = request[sock.sendmsg([request], ancillary) :]
+            if request:
+                # Only what is left: a quick command can be answered, and the
+                # connection closed, before an empty send, which fails (EPIPE).
+                sock.sendall(request)
             status = _read_head(reader)
             if status != 200:
                 message = reader.read().decode(errors="replace").strip()
@@ -318,6 +332,16 @@ def converse(
     finally:
         reader.close()
     return _lost(addr) if code is None else code
+
+
+def _stdin() -> int | None:
+    """Our stdin's descriptor, when there is one: the daemon's child reads it
+    as its own (``build -f -``), so that a command reads the same either way."""
+    try:
+        os.fstat(0)
+    except OSError:
+        return None
+    return 0
 
 
 def run_cli(addr: str, argv: Sequence[str], *, explicit: bool = True) -> int | None:
@@ -353,7 +377,7 @@ def run_cli(addr: str, argv: Sequence[str], *, explicit: bool = True) -> int | N
             )
             return EXIT_INFRA
         try:
-            return converse(sock, cli_request(body), addr)
+            return converse(sock, cli_request(body), addr, stdin=_stdin())
         except (OSError, ValueError):
             return _lost(addr)
     finally:

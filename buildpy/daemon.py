@@ -322,7 +322,10 @@ class Daemon:
         env: dict[str, str],
         tty: dict[str, Any],
         call: str | None = None,
+        stdin: int | None = None,
     ) -> Job:
+        """Start ``buildpy ARGV`` in a child of the zygote. ``stdin``: the
+        client's own, passed with its request; else the child reads /dev/null."""
         if self.stopping:
             raise _HttpError(503, "the daemon is stopping")
         size = tuple(tty.get("size") or (0, 0))[:2]
@@ -337,6 +340,8 @@ class Daemon:
             "call": call,
         }
         fds = array.array("i", [out_w, err_w, st_w])
+        if stdin is not None:
+            fds.append(stdin)  # the zygote's copy; the connection closes ours
         try:
             async with self._zygote_lock:
                 assert self._zygote_sock is not None
@@ -439,13 +444,18 @@ class Daemon:
 
     async def _handle(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER)
+        # Descriptors a local client passes with its request (SCM_RIGHTS): its
+        # stdin, which /cli gives the command. Only a Unix socket carries them.
+        passed: list[int] | None = None
+        if stream.socket.family == socket.AF_UNIX:
+            passed = []
         try:
             while True:
-                request, body = await _read_request(stream, conn)
+                request, body = await _read_request(stream, conn, passed)
                 if request is None:
                     return
                 try:
-                    await self._route(stream, conn, request, body)
+                    await self._route(stream, conn, request, body, passed or [])
                 except _HttpError as exc:
                     if conn.our_state is h11.SEND_RESPONSE:
                         await _send_json(
@@ -453,6 +463,8 @@ class Daemon:
                         )
                     else:
                         return
+                finally:
+                    _close_passed(passed)
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state not in (
                     h11.DONE,
                 ):
@@ -468,6 +480,7 @@ class Daemon:
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.ProtocolError):
             return
         finally:
+            _close_passed(passed)
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
@@ -477,7 +490,9 @@ class Daemon:
         conn: h11.Connection,
         req: h11.Request,
         body: bytes,
+        passed: list[int],
     ) -> None:
+        """Answer one request. ``passed``: the descriptors that came with it."""
         url = urlsplit(req.target.decode())
         path = re.sub(r"^/v[0-9.]+(?=/)", "", url.path)  # /v1/images/json too
         query = parse_qs(url.query)
@@ -487,7 +502,8 @@ class Daemon:
         elif path == "/version" and method == "GET":
             await _send_json(stream, conn, 200, self.version())
         elif path == "/cli" and method == "POST":
-            await self._cli(stream, conn, _json_body(body))
+            stdin = passed[0] if passed else None
+            await self._cli(stream, conn, _json_body(body), stdin)
         elif path == "/build" and method == "POST":
             await self._build(stream, conn, _json_body(body))
         elif path == "/images/json" and method == "GET":
@@ -525,7 +541,11 @@ class Daemon:
         }
 
     async def _cli(
-        self, stream: trio.SocketStream, conn: h11.Connection, body: Any
+        self,
+        stream: trio.SocketStream,
+        conn: h11.Connection,
+        body: Any,
+        stdin: int | None = None,
     ) -> None:
         argv, cwd, env = body.get("argv"), body.get("cwd"), body.get("env") or {}
         if not isinstance(argv, list) or not all(isinstance(a, str) for a in argv):
@@ -536,7 +556,7 @@ class Daemon:
             raise _HttpError(400, "expected env, an object of strings")
         tty = body.get("tty") if isinstance(body.get("tty"), dict) else {}
         job = await self.start_job(
-            argv, cwd, {str(k): str(v) for k, v in env.items()}, tty
+            argv, cwd, {str(k): str(v) for k, v in env.items()}, tty, stdin=stdin
         )
         await self._stream_job(stream, conn, job, frames=True)
 
@@ -790,14 +810,19 @@ async def _send_json(
 
 
 async def _read_request(
-    stream: trio.SocketStream, conn: h11.Connection
+    stream: trio.SocketStream, conn: h11.Connection, passed: list[int] | None = None
 ) -> tuple[h11.Request | None, bytes]:
+    """The next request and its body. ``passed``, on a Unix socket: where the
+    descriptors that come with the request's bytes are put."""
     request: h11.Request | None = None
     body = bytearray()
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            data = await stream.receive_some(65536)
+            if passed is None:
+                data = await stream.receive_some(65536)
+            else:
+                data = await _receive_with_fds(stream.socket, passed)
             conn.receive_data(data)
             continue
         if isinstance(event, h11.Request):
@@ -810,6 +835,29 @@ async def _read_request(
             return request, bytes(body)
         elif isinstance(event, h11.ConnectionClosed):
             return None, b""
+
+
+_MAX_PASSED = 4  # more is not a client of ours: the kernel closes the rest
+
+
+def _close_passed(passed: list[int] | None) -> None:
+    while passed:
+        os.close(passed.pop())
+
+
+async def _receive_with_fds(sock: Any, passed: list[int]) -> bytes:
+    """Bytes from a Unix socket, and the descriptors sent with them, which the
+    kernel gives only to a recvmsg that asks."""
+    space = socket.CMSG_SPACE(_MAX_PASSED * 4)
+    data, ancdata, _flags, _addr = await sock.recvmsg(
+        65536, space, socket.MSG_CMSG_CLOEXEC
+    )
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds = array.array("i")
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+            passed.extend(fds)
+    return data
 
 
 # --- the command ---------------------------------------------------------------

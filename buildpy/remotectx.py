@@ -399,7 +399,7 @@ async def _route(
         elif method == "POST" and path == "/cli":
             await _cli(daemon, store, session, tls, conn, _json_body(data))
         else:  # the endpoints of the Unix socket, as they are
-            await daemon._route(tls, conn, req, data)  # type: ignore[arg-type]
+            await daemon._route(tls, conn, req, data, [])  # type: ignore[arg-type]
 
 
 def _argv(body: dict[str, Any]) -> list[str]:

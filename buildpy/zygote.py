@@ -32,10 +32,11 @@ quarter of them for a no-op build, and the next spares copy those; before any
 note, every private writable mapping.
 
 The child makes itself a session leader (so a terminal's Ctrl-C reaches only
-whoever the daemon signals), puts stdin on /dev/null and the two descriptors on 1
-and 2, takes the client's cwd and environment (``BUILDPY_ROOT`` forced to the
-daemon's root), writes its pid as a line on the status pipe, runs ``main(argv)``,
-flushes, and writes its exit code as the last line. The daemon learns from the
+whoever the daemon signals), puts the client's stdin on 0 when the client passed
+it (else /dev/null) and the two output descriptors on 1 and 2, takes the
+client's cwd and environment (``BUILDPY_ROOT`` forced to the daemon's root),
+writes its pid as a line on the status pipe, runs ``main(argv)``, flushes, and
+writes its exit code as the last line. The daemon learns from the
 status pipe both whom to signal and when the command ended: a status pipe that
 closes without an exit code means the child died (SIGKILL, a crash).
 """
@@ -114,7 +115,7 @@ def warm_up() -> None:
 def _receive(sock: socket.socket) -> tuple[bytes, list[int]] | None:
     """One request record and its file descriptors; None at the end of ``sock``."""
     fds = array.array("i")
-    size = socket.CMSG_SPACE(3 * fds.itemsize)
+    size = socket.CMSG_SPACE(4 * fds.itemsize)
     data, ancdata, _flags, _addr = sock.recvmsg(MAX_REQUEST, size)
     if not data:
         return None
@@ -160,7 +161,7 @@ def serve(sock: socket.socket) -> None:
                 return
             data, fds = received
             try:
-                if len(fds) == 3:  # else not a request the daemon makes: dropped
+                if len(fds) in (3, 4):  # else not the daemon's request: dropped
                     try:
                         _hand_over(spare, data, fds)
                     except OSError:  # the spare died (killed by hand): another
@@ -189,7 +190,7 @@ def _spare(sock: socket.socket) -> None:
             os._exit(0)
         data, fds = received
         sock.close()
-        if len(fds) != 3:
+        if len(fds) not in (3, 4):
             os._exit(1)
         _child(json.loads(data), *fds)  # never returns
     except BaseException:
@@ -385,19 +386,25 @@ def _set_name(name: bytes) -> None:
         pass
 
 
-def _child(request: dict[str, Any], out: int, err: int, status: int) -> None:
+def _child(
+    request: dict[str, Any], out: int, err: int, status: int, stdin: int = -1
+) -> None:
+    """Run the request's command; ``stdin``: the client's, when it passed it."""
     code = 1
     try:
         os.setsid()
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
+        if stdin < 0:
+            stdin = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(stdin, 0)
         os.dup2(out, 1)
         os.dup2(err, 2)
-        for fd in (devnull, out, err):
+        for fd in (stdin, out, err):
             if fd > 2:
                 os.close(fd)
-        sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False))
+        sys.stdin = io.TextIOWrapper(
+            io.BufferedReader(io.FileIO(0, "r", closefd=False))
+        )
         sys.stdout = _text_stream(1, "strict")
         sys.stderr = _text_stream(2, "backslashreplace")
         os.environ.clear()

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from buildpy import client
 from tests.buildpy.test_interrupt import processes_running
+from tests.buildpy.test_stdin import PIPED, context_archive, leftovers, stdin_file
 from tests.conftest import REPO, Buildpy, mounts_under, write_context
 
 STOPPED = "ERROR: the buildpy daemon stopped; the build was canceled"
@@ -607,3 +608,34 @@ def test_terminal_client_gets_the_tty_display(
     text = seen.decode(errors="replace")
     assert "[+] Building" in text and "FINISHED" in text, text
     assert "#1 [internal]" not in text  # not the plain display
+
+
+# --- stdin, passed with the request ----------------------------------------------
+
+
+def test_stdin_through_the_daemon_matches_embedded(
+    busybox: Buildpy,
+    daemon: Daemon,
+    tmp_path,
+):
+    ctx = write_context(tmp_path / "ctx", {"a.txt": "from the context\n"})
+    piped = stdin_file(tmp_path, "piped", PIPED)
+    archive = context_archive(tmp_path)
+    fds = len(os.listdir(f"/proc/{daemon.proc.pid}/fd"))
+    cases = [
+        (("build", "--progress", "plain", "-f", "-", ctx), piped, 0),
+        (("build", "-q", "-f", "app/Dockerfile.alt", "-"), archive, 0),
+        (("build", "-q", "-f", "-", "-"), piped, 2),
+        (("build", "-q", "-"), piped, 1),
+    ]
+    for args, fed, code in cases:
+        busybox.run(*args, stdin=fed, check=False)  # both ways below see it cached
+        embedded = busybox.run(*args, stdin=fed, check=False)
+        remote = via(busybox, daemon, *args, stdin=fed, check=False)
+        assert embedded.returncode == remote.returncode == code, remote.stderr
+        assert normalise(remote.stdout) == normalise(embedded.stdout)
+        assert normalise(remote.stderr) == normalise(embedded.stderr)
+    for _ in range(5):  # what the clients passed is closed, not kept
+        via(busybox, daemon, "build", "-q", "-f", "-", ctx, stdin=piped)
+    assert len(os.listdir(f"/proc/{daemon.proc.pid}/fd")) <= fds + 2
+    assert leftovers(busybox) == []
