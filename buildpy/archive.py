@@ -92,15 +92,15 @@ def _is_id(engine: Engine, name: str) -> bool:
 
 
 class _Archive:
-    def __init__(self, tar: tarfile.TarFile, path: Path) -> None:
+    def __init__(self, tar: tarfile.TarFile, label: str) -> None:
         self.tar = tar
-        self.path = path
+        self.label = label  # what messages call the archive
         self.members = {m.name.removeprefix("./"): m for m in tar.getmembers()}
 
     def open(self, name: str) -> IO[bytes]:
         member = self.members.get(name.removeprefix("./"))
         if member is None or not member.isfile():
-            raise ArchiveError(f"{self.path}: {name} is missing from the archive")
+            raise ArchiveError(f"{self.label}: {name} is missing from the archive")
         f = self.tar.extractfile(member)
         assert f is not None
         return f
@@ -110,7 +110,7 @@ class _Archive:
             try:
                 return json.load(f)
             except ValueError:
-                raise ArchiveError(f"{self.path}: {name} is not JSON") from None
+                raise ArchiveError(f"{self.label}: {name} is not JSON") from None
 
     def blob_path(self, digest: str) -> str:
         algo, _, hexpart = digest.partition(":")
@@ -127,7 +127,7 @@ def _put_checked(
             return w.commit(digest).digest
         except DigestMismatch:
             raise ArchiveError(
-                f"{archive.path}: {name} does not have the digest {digest}"
+                f"{archive.label}: {name} does not have the digest {digest}"
             ) from None
 
 
@@ -150,7 +150,7 @@ def _layer(
             w.commit(diff_id)
         except DigestMismatch:
             raise ArchiveError(
-                f"{archive.path}: layer {name} does not match the diff ID {diff_id}"
+                f"{archive.label}: layer {name} does not match the diff ID {diff_id}"
             ) from None
     engine.images.record_variant(diff_id, kind, blob, engine.content.size(blob))
     return diff_id, engine.content.size(diff_id)
@@ -171,11 +171,11 @@ def _load_image(
         diff_ids = list(config["rootfs"]["diff_ids"])
     except (ValueError, KeyError, TypeError):
         raise ArchiveError(
-            f"{archive.path}: {config_name} is not an image config"
+            f"{archive.label}: {config_name} is not an image config"
         ) from None
     if len(diff_ids) != len(layer_names):
         raise ArchiveError(
-            f"{archive.path}: config lists {len(diff_ids)} layers, "
+            f"{archive.label}: config lists {len(diff_ids)} layers, "
             f"the manifest {len(layer_names)}"
         )
     layers = [
@@ -187,20 +187,31 @@ def _load_image(
         engine.image_snapshot(digest)
     except SnapshotError as exc:
         raise ArchiveError(
-            f"{archive.path}: a layer cannot be unpacked: {exc}"
+            f"{archive.label}: a layer cannot be unpacked: {exc}"
         ) from None
     return digest
 
 
-def load_images(engine: Engine, path: Path) -> list[tuple[str, list[str]]]:
-    """Load every image of an OCI or docker archive; (image ID, names) each."""
+def load_images(
+    engine: Engine, path: Path, label: str | None = None
+) -> list[tuple[str, list[str]]]:
+    """Load every image of an OCI or docker archive; (image ID, names) each.
+    ``label``: what messages call the archive, when not its path (stdin)."""
+    label = label or str(path)
     try:
         tar = tarfile.open(path, mode="r:*")
+    except tarfile.ReadError:  # its message lists every method it tried
+        if path.stat().st_size == 0:
+            raise ArchiveError(f"cannot read {label}: it is empty") from None
+        raise ArchiveError(
+            f"cannot read {label}: not a tar archive (plain, gzip, bzip2 or xz)"
+        ) from None
     except (OSError, tarfile.TarError) as exc:
-        raise ArchiveError(f"cannot read {path}: {exc}") from None
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ArchiveError(f"cannot read {label}: {reason}") from None
     loaded: list[tuple[str, list[str]]] = []
     with tar:
-        archive = _Archive(tar, path)
+        archive = _Archive(tar, label)
         if "index.json" in archive.members:
             for digest, names in _oci_entries(archive, archive.json("index.json")):
                 manifest_name = archive.blob_path(digest)
@@ -226,7 +237,7 @@ def load_images(engine: Engine, path: Path) -> list[tuple[str, list[str]]]:
                 loaded.append(_name(engine, local, list(entry.get("RepoTags") or [])))
         else:
             raise ArchiveError(
-                f"{path} is neither an OCI archive (index.json) nor a docker "
+                f"{label} is neither an OCI archive (index.json) nor a docker "
                 "archive (manifest.json)"
             )
     return loaded

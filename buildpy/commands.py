@@ -22,7 +22,7 @@ from buildpy.build import BuildRequest, run_build
 from buildpy.cli import print_json
 from buildpy.engine import Engine, host_platform
 from buildpy.errors import InfraError, UsageError
-from buildpy.exporters import Output, _timestamp
+from buildpy.exporters import Output, _timestamp, check_stdout
 from buildpy.mounts import SecretSource, SSHSource
 from buildpy.progress import Display, error_block, make_display
 from buildpy.stdinput import build_input, uses_stdin
@@ -74,6 +74,7 @@ def build(args: argparse.Namespace, root: Path | None) -> int:
     if args.load and not any(o.type == "image" for o in req.outputs):
         req.outputs.append(Output(type="image"))
     cachecmds.apply_build_flags(args, req)
+    check_stdout(req.outputs, quiet=mode == "quiet")
     display = make_display(mode)
     try:
         with (

@@ -14,6 +14,7 @@ import copy
 import io
 import json
 import os
+import sys
 import tarfile
 import tempfile
 import threading
@@ -35,6 +36,8 @@ from buildpy.images import (
 from buildpy.layerblobs import LayerCompression, compressed_layer, layer_descriptors
 from frontend import BuildPlan
 from snapshotter.diff import extract_tree, write_tree
+
+STDOUT = "-"  # an output's dest that means stdout (-o -, dest=-)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,8 @@ class Output:
 
     @classmethod
     def parse(cls, text: str) -> Output:
+        if text == STDOUT:  # as buildx: the root filesystem as a tar, to stdout
+            return cls(type="tar", dest=STDOUT)
         if "=" not in text.split(",")[0]:
             # A bare path means type=local, as in buildx.
             return cls(type="local", dest=text)
@@ -85,6 +90,11 @@ class Output:
         dest = fields.pop("dest", None)
         if kind != "image" and not dest:
             raise UsageError(f"invalid --output {text!r}: type={kind} needs dest=PATH")
+        if kind == "local" and dest == STDOUT:
+            raise UsageError(
+                f"invalid --output {text!r}: type=local writes a directory; "
+                "type=tar writes to stdout"
+            )
         compression = fields.pop("compression", None)
         options = LayerCompression.parse(
             f"invalid --output {text!r}",
@@ -210,6 +220,12 @@ def _umask() -> int:
 
 @contextmanager
 def _atomic_file(dest: Path) -> Iterator[BinaryIO]:
+    """A new file that appears at ``dest`` whole or not at all; stdout when
+    ``dest`` is ``-`` (STDOUT)."""
+    if str(dest) == STDOUT:
+        yield stdout_stream()
+        sys.stdout.buffer.flush()
+        return
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
     # mkstemp makes the file private; an output gets the mode any new file would.
@@ -223,6 +239,52 @@ def _atomic_file(dest: Path) -> Iterator[BinaryIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_stdout(outputs: list[Output], *, quiet: bool) -> None:
+    """Refuse, before the build, what would mix other output into an archive on
+    stdout, or write one to a terminal."""
+    to_stdout = [o for o in outputs if o.dest == STDOUT]
+    if not to_stdout:
+        return
+    if len(to_stdout) > 1:
+        raise UsageError("only one --output can write to stdout (dest=-)")
+    if quiet:
+        raise UsageError(
+            "--quiet prints the image ID on stdout, where --output dest=- writes"
+        )
+    stdout_stream()
+
+
+def stdout_stream() -> BinaryIO:
+    """Our stdout, for an archive, unless it is a terminal (as docker refuses)."""
+    if sys.stdout.isatty():
+        raise UsageError(
+            "refusing to write an archive to the terminal: redirect stdout "
+            "to a file or a pipe"
+        )
+    sys.stdout.flush()
+    return _Counted(sys.stdout.buffer)  # type: ignore[return-value]
+
+
+class _Counted:
+    """A pipe that knows how much was written to it: tarfile asks (``tell``)
+    where it starts, which a pipe cannot say."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._written = 0
+
+    def write(self, data: bytes) -> int:
+        self._raw.write(data)
+        self._written += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._written
+
+    def flush(self) -> None:
+        self._raw.flush()
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:

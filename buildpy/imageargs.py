@@ -57,9 +57,11 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "save", parents=[common], help="write images to an OCI/docker archive"
     )
     save.add_argument("refs", nargs="+", metavar="REF")
-    save.add_argument("-o", "--output", type=Path, help="the archive to write")
+    save.add_argument(
+        "-o", "--output", type=Path, help="the archive to write (default: stdout)"
+    )
 
     load = sub.add_parser(
         "load", parents=[common], help="read images from an OCI or docker archive"
     )
-    load.add_argument("-i", "--input", type=Path, required=True, help="the archive")
+    load.add_argument("-i", "--input", type=Path, help="the archive (default: stdin)")

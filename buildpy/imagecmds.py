@@ -7,8 +7,12 @@ the same command, and returns the exit code.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -18,6 +22,23 @@ from buildpy.errors import UsageError
 from buildpy.images import normalize_ref
 
 COMPRESSIONS = ("gzip", "zstd", "uncompressed")
+
+
+@contextmanager
+def _spooled_stdin(tmp: Path) -> Iterator[Path]:
+    """Stdin copied into a file under ``tmp``, removed after: an archive is read
+    out of order (its index first), which a pipe cannot do, and a file keeps a
+    large one out of memory."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=tmp, prefix="stdin-archive-") as spool:
+        try:
+            shutil.copyfileobj(sys.stdin.buffer, spool, 1 << 20)
+            spool.flush()
+        except OSError as exc:
+            raise errors.InfraError(
+                f"load: cannot keep the archive on stdin in {tmp}: {exc.strerror}"
+            ) from None
+        yield Path(spool.name)
 
 
 def _say(line: str) -> None:
@@ -162,21 +183,29 @@ def history(args: argparse.Namespace, root: Path | None) -> int:
 
 def save(args: argparse.Namespace, root: Path | None) -> int:
     from buildpy.archive import save_images
+    from buildpy.exporters import STDOUT, stdout_stream
 
-    if args.output is None:
-        raise UsageError("save: give the archive's path with -o FILE")
+    dest = args.output or Path(STDOUT)  # as docker save: stdout, unless a terminal
+    if str(dest) == STDOUT:
+        stdout_stream()
     with Engine.open(root) as engine:
-        save_images(engine, list(args.refs), args.output)
+        save_images(engine, list(args.refs), dest)
     return errors.EXIT_OK
 
 
 def load(args: argparse.Namespace, root: Path | None) -> int:
     from buildpy.archive import load_images
 
-    if not args.input.is_file():
+    if args.input is not None and not args.input.is_file():
         raise UsageError(f"load: {args.input} is not a file")
+    if args.input is None and sys.stdin.isatty():
+        raise UsageError("load: give the archive with -i FILE, or on stdin")
     with Engine.open(root) as engine:
-        loaded = load_images(engine, args.input)
+        if args.input is not None:
+            loaded = load_images(engine, args.input)
+        else:
+            with _spooled_stdin(engine.root / "tmp") as spooled:
+                loaded = load_images(engine, spooled, label="the archive on stdin")
     for image_id, names in loaded:
         if names:
             for name in names:

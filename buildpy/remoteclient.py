@@ -588,6 +588,16 @@ def _tls_failure(addr: str, exc: BaseException) -> int:
     return client.EXIT_INFRA
 
 
+def _names_input(argv: Sequence[str]) -> bool:
+    """Whether a ``load`` command line gives -i/--input (else it reads stdin),
+    or asks for help."""
+    return any(
+        token in ("-i", "--input", "-h", "--help")
+        or token.startswith(("--input=", "-i"))
+        for token in argv
+    )
+
+
 def run_cli(addr: str, argv: Sequence[str]) -> int:
     """``buildpy ARGV`` in the daemon at ``tcp://HOST:PORT``; its exit code."""
     try:
@@ -599,6 +609,13 @@ def run_cli(addr: str, argv: Sequence[str]) -> int:
         return client.EXIT_USAGE
     command = client._split_global(rest)[3]
     rest = client.resolve_build_args(rest)
+    if command == "load" and not _names_input(rest):
+        print(
+            "ERROR: load: stdin does not reach a daemon over TCP; give -i FILE, "
+            "a path on the daemon's machine",
+            file=sys.stderr,
+        )
+        return client.EXIT_USAGE
     conn = http.client.HTTPSConnection(host, port, context=ctx)
     try:
         conn.connect()

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -71,20 +71,27 @@ class Buildpy:
         env: dict[str, str] | None = None,
         timeout: float = 300,
         stdin: Path | None = None,
+        stdout: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``buildpy ARGS``; ``stdin``: a file it reads as its stdin."""
+        """Run ``buildpy ARGS``; ``stdin``: a file it reads as its stdin;
+        ``stdout``: a file its stdout goes to (bytes, not captured)."""
         full_env = {**os.environ, "BUILDPY_ROOT": str(self.root), **(env or {})}
         full_env.pop("BUILDKIT_PROGRESS", None)
-        with open(stdin or os.devnull, "rb") as given:
+        with (
+            open(stdin or os.devnull, "rb") as given,
+            open(stdout, "wb") if stdout else nullcontext() as taken,
+        ):
             proc = subprocess.run(
                 [sys.executable, "-m", "buildpy", *map(str, args)],
                 stdin=given,
-                capture_output=True,
+                stdout=taken or subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
                 env={**full_env, **(env or {})},
                 timeout=timeout,
                 cwd=REPO,
             )
+        proc.stdout = proc.stdout or ""
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"buildpy {' '.join(map(str, args))} exited {proc.returncode}\n"

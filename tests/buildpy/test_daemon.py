@@ -14,6 +14,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -638,4 +639,23 @@ def test_stdin_through_the_daemon_matches_embedded(
     for _ in range(5):  # what the clients passed is closed, not kept
         via(busybox, daemon, "build", "-q", "-f", "-", ctx, stdin=piped)
     assert len(os.listdir(f"/proc/{daemon.proc.pid}/fd")) <= fds + 2
+    assert leftovers(busybox) == []
+
+
+def test_archives_through_the_daemon_are_the_embedded_bytes(
+    busybox: Buildpy, daemon: Daemon, tmp_path
+):
+    """Binary stdout crosses the frames unchanged, stdin comes in as passed."""
+    embedded, remote = tmp_path / "embedded.tar", tmp_path / "remote.tar"
+    busybox.run("save", "busybox", stdout=embedded)
+    via(busybox, daemon, "save", "busybox", stdout=remote)
+    assert remote.read_bytes() == embedded.read_bytes()
+    via(busybox, daemon, "rmi", "busybox")
+    loaded = via(busybox, daemon, "load", stdin=remote)
+    assert loaded.stdout == "Loaded image: busybox:latest\n"
+    ctx = write_context(tmp_path / "ctx", {"Dockerfile": "FROM busybox\n"})
+    rootfs = tmp_path / "rootfs.tar"
+    via(busybox, daemon, "build", "-o", "-", ctx, stdout=rootfs)
+    with tarfile.open(rootfs) as tar:
+        assert "bin/busybox" in tar.getnames()
     assert leftovers(busybox) == []

@@ -113,13 +113,21 @@ def over_tcp(
     env: dict[str, str] | None = None,
     check: bool = True,
     stdin: Path | None = None,
+    stdout: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
     tls = ["--tlscacert", str(certs / f"{ca}.pem")]
     if client is not None:
         tls += ["--tlscert", str(certs / f"{client}-cert.pem")]
         tls += ["--tlskey", str(certs / f"{client}-key.pem")]
     return buildpy.run(
-        "--addr", daemon.addr, *tls, *args, env=env, check=check, stdin=stdin
+        "--addr",
+        daemon.addr,
+        *tls,
+        *args,
+        env=env,
+        check=check,
+        stdin=stdin,
+        stdout=stdout,
     )
 
 
@@ -329,6 +337,17 @@ def test_stdin_over_tcp_matches_embedded(
     assert both.returncode == 2
     assert both.stderr.strip() == (
         "ERROR: cannot read both the build context and the Dockerfile from stdin"
+    )
+    # An archive on stdout comes back; stdin does not travel to the daemon.
+    embedded, remote = tmp_path / "embedded.tar", tmp_path / "remote.tar"
+    busybox.run("save", "busybox", stdout=embedded)
+    over_tcp(busybox, tcp_daemon, certs, "save", "busybox", stdout=remote)
+    assert remote.read_bytes() == embedded.read_bytes()
+    load = over_tcp(busybox, tcp_daemon, certs, "load", stdin=remote, check=False)
+    assert (load.returncode, load.stderr) == (
+        2,
+        "ERROR: load: stdin does not reach a daemon over TCP; give -i FILE, "
+        "a path on the daemon's machine\n",
     )
 
 

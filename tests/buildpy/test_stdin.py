@@ -1,11 +1,18 @@
-"""``build -f - CONTEXT`` and ``build -``: the Dockerfile or the whole context
-from stdin, as docker build reads them. The same through the daemon: in
-test_daemon.py (the client's stdin passed with the request) and
-test_daemon_tcp.py (read by the client)."""
+"""Builds and archives through pipes, as docker's commands take them:
+``build -f - CONTEXT`` and ``build -`` (the Dockerfile or the whole context from
+stdin), ``build -o -`` and ``-o type=oci,dest=-``, ``save`` without ``-o`` and
+``load`` without ``-i``. The same through the daemon: in test_daemon.py (the
+client's stdin passed with the request) and test_daemon_tcp.py (read by the
+client)."""
 
 from __future__ import annotations
 
 import io
+import json
+import os
+import pty
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -145,3 +152,85 @@ def test_bad_stdin_gets_one_line(busybox: Buildpy, tmp_path):
     assert not (tmp_path / "outside").exists()
     assert leftovers(busybox) == []
     busybox.run("build", "-q", "-", stdin=dockerfile)  # the store still builds
+
+
+# --- archives to stdout ---------------------------------------------------------
+
+
+def test_archives_to_stdout(busybox: Buildpy, tmp_path):
+    ctx = write_context(
+        tmp_path / "ctx",
+        {"Dockerfile": "FROM busybox\nCOPY a.txt /a\n", "a.txt": "x\n"},
+    )
+    rootfs = tmp_path / "rootfs.tar"
+    busybox.run("build", "-o", "-", ctx, stdout=rootfs)  # as buildx: a tar
+    with tarfile.open(rootfs) as tar:
+        assert tar.extractfile("a").read() == b"x\n"  # type: ignore[union-attr]
+        assert "bin/busybox" in tar.getnames()
+    oci = tmp_path / "oci.tar"
+    busybox.run("build", "-t", "app:1", "-o", "type=oci,dest=-", ctx, stdout=oci)
+    check = subprocess.run(
+        ["skopeo", "inspect", f"oci-archive:{oci}"], capture_output=True, text=True
+    )
+    assert check.returncode == 0, check.stderr
+    saved = tmp_path / "saved.tar"
+    busybox.run("build", "-t", "app:1", ctx)
+    busybox.run("save", "app:1", stdout=saved)  # as docker save: stdout
+    with tarfile.open(saved) as tar:
+        assert {"index.json", "manifest.json", "oci-layout"} <= set(tar.getnames())
+
+    refused = [
+        (("build", "-q", "-o", "-", ctx), "ERROR: --quiet prints the image ID"),
+        (("build", "-o", "-", "-o", "type=oci,dest=-", ctx), "ERROR: only one"),
+        (("build", "-o", "type=local,dest=-", ctx), "ERROR: invalid --output"),
+    ]
+    for args, start in refused:
+        proc = busybox.run(*args, check=False)
+        assert proc.returncode == 2 and proc.stderr.startswith(start), proc.stderr
+        assert proc.stderr.count("\n") == 1
+
+
+def test_no_archive_to_a_terminal(busybox: Buildpy, tmp_path):
+    ctx = write_context(tmp_path / "ctx", {"Dockerfile": "FROM busybox\n"})
+    for args in (("build", "-o", "-", ctx), ("save", "busybox")):
+        leader, follower = pty.openpty()
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "buildpy", *map(str, args)],
+                stdin=subprocess.DEVNULL,
+                stdout=follower,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "BUILDPY_ROOT": str(busybox.root)},
+                timeout=120,
+            )
+        finally:
+            os.close(follower)
+            os.close(leader)
+        assert proc.returncode == 2
+        assert proc.stderr == (
+            "ERROR: refusing to write an archive to the terminal: redirect stdout "
+            "to a file or a pipe\n"
+        )
+
+
+def test_load_from_stdin(busybox: Buildpy, tmp_path):
+    image = json.loads(busybox.run("inspect", "busybox").stdout)[0]["Id"]
+    saved = tmp_path / "saved.tar"
+    busybox.run("save", "busybox", stdout=saved)
+    busybox.run("rmi", "busybox")
+    assert busybox.run("load", stdin=saved).stdout == "Loaded image: busybox:latest\n"
+    assert json.loads(busybox.run("inspect", "busybox").stdout)[0]["Id"] == image
+    empty = stdin_file(tmp_path, "empty", b"")
+    junk = stdin_file(tmp_path, "junk", "not an archive\n")
+    for given, line in [
+        (empty, "ERROR: cannot read the archive on stdin: it is empty\n"),
+        (
+            junk,
+            "ERROR: cannot read the archive on stdin: not a tar archive "
+            "(plain, gzip, bzip2 or xz)\n",
+        ),
+    ]:
+        proc = busybox.run("load", stdin=given, check=False)
+        assert (proc.returncode, proc.stderr) == (2, line)
+    assert leftovers(busybox) == []
