@@ -55,6 +55,8 @@ class BuildRequest:
     labels: dict[str, str] = field(default_factory=dict)  # --label
     pull: bool = False  # --pull: FROM images from their registries, always
     extra_hosts: list[tuple[str, str]] = field(default_factory=list)  # --add-host
+    shm_size: int = 0  # --shm-size, bytes; 0: the default 64 MiB
+    ulimits: list[tuple[str, int, int]] = field(default_factory=list)  # --ulimit
     build_contexts: list[tuple[str, str]] = field(default_factory=list)  # NAME, VALUE
 
 
@@ -152,6 +154,8 @@ async def run_build(engine: Engine, req: BuildRequest, display: Display) -> Buil
         no_cache=req.no_cache,
         platform=host_platform(),
         extra_hosts=req.extra_hosts,
+        shm_size=req.shm_size,
+        ulimits=req.ulimits,
         named_contexts=named,
     )
     for warning in plan.warnings:

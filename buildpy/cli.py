@@ -87,6 +87,47 @@ def _extra_host(text: str) -> tuple[str, str]:
     return name, address
 
 
+def _shm_size(text: str) -> int:
+    """--shm-size: bytes, or a number with a unit (128m: 1024-based, as docker)."""
+    from buildpy.cachecmds import parse_size
+
+    size = parse_size(text)
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"invalid --shm-size {text!r}: not above 0")
+    return size
+
+
+def _ulimit(text: str) -> tuple[str, int, int]:
+    """--ulimit NAME=SOFT[:HARD], as docker takes it; -1 is unlimited."""
+    from runtime.spec import ULIMIT_NAMES
+
+    name, sep, values = text.partition("=")
+    if not sep or name not in ULIMIT_NAMES:
+        raise argparse.ArgumentTypeError(
+            f"invalid ulimit {text!r}: expected NAME=SOFT[:HARD], NAME one of "
+            + ", ".join(ULIMIT_NAMES)
+        )
+    soft_text, _, hard_text = values.partition(":")
+    try:
+        soft = int(soft_text)
+        hard = int(hard_text) if hard_text else soft
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid ulimit {text!r}: limits are whole numbers (-1: unlimited)"
+        ) from None
+    unlimited = (soft < 0) + (hard < 0)
+    if (
+        soft < -1
+        or hard < -1
+        or (unlimited == 1 and hard >= 0)
+        or (not unlimited and soft > hard)
+    ):
+        raise argparse.ArgumentTypeError(
+            f"invalid ulimit {text!r}: the soft limit is above the hard one"
+        )
+    return name, soft, hard
+
+
 def _no_attestation(kind: str) -> Any:
     """--provenance / --sbom: buildx's ways of saying none (false, 0,
     disabled=true) are taken; anything asking for one is refused, not ignored."""
@@ -215,6 +256,20 @@ def make_parser() -> argparse.ArgumentParser:
         type=_extra_host,
         metavar="NAME:ADDRESS",
         help="a line for RUN steps' /etc/hosts (repeatable)",
+    )
+    build.add_argument(
+        "--shm-size",
+        type=_shm_size,
+        metavar="SIZE",
+        help="the size of RUN steps' /dev/shm (default 64m)",
+    )
+    build.add_argument(
+        "--ulimit",
+        action="append",
+        default=[],
+        type=_ulimit,
+        metavar="NAME=SOFT[:HARD]",
+        help="a resource limit of RUN steps, e.g. nofile=1024:2048 (repeatable)",
     )
     for kind in ("provenance", "sbom"):
         build.add_argument(

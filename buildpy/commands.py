@@ -29,6 +29,7 @@ from buildpy.stdinput import build_input, uses_stdin
 from frontend import DockerfileError
 from frontend.errors import source_frame
 from runtime import ExecutorUnavailable
+from runtime.spec import ulimit_beyond_reach
 from snapshotter.compression import open_decompressed
 from snapshotter.diff import write_tree
 from snapshotter.errors import SnapshotError
@@ -67,6 +68,8 @@ def build(args: argparse.Namespace, root: Path | None) -> int:
         labels=dict(args.label),
         pull=args.pull,
         extra_hosts=list(args.add_host),
+        shm_size=args.shm_size or 0,
+        ulimits=list(args.ulimit),
         build_contexts=list(args.build_context),
     )
     if args.push:
@@ -75,6 +78,8 @@ def build(args: argparse.Namespace, root: Path | None) -> int:
         req.outputs.append(Output(type="image"))
     cachecmds.apply_build_flags(args, req)
     check_stdout(req.outputs, quiet=mode == "quiet")
+    if req.ulimits and (why := ulimit_beyond_reach(req.ulimits)):
+        raise UsageError(why)  # before the build, not from every RUN step
     display = make_display(mode)
     try:
         with (

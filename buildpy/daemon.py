@@ -772,6 +772,13 @@ def _build_argv(body: dict[str, Any]) -> list[str]:
         argv.append("--pull")
     if body.get("platform"):
         argv += ["--platform", str(body["platform"])]
+    if body.get("shmsize"):
+        argv += ["--shm-size", str(body["shmsize"])]
+    for limit in body.get("ulimits") or []:
+        if not isinstance(limit, dict):
+            raise _HttpError(400, "expected ulimits, a list of {Name, Soft, Hard}")
+        name, soft, hard = limit.get("Name"), limit.get("Soft"), limit.get("Hard")
+        argv += ["--ulimit", f"{name}={soft}:{hard}"]
     argv.append(context)
     return argv
 

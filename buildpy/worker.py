@@ -420,6 +420,8 @@ class BuildWorker:
                     network=op.network,
                     mounts=extra.mounts,
                     extra_hosts=op.extra_hosts,
+                    shm_size=op.shm_size,
+                    ulimits=op.ulimits,
                 )
                 try:
                     await self._thread(make_bundle, bundle, rootfs, spec)

@@ -287,6 +287,8 @@ class _Converter:
         no_cache: bool,
         platform: tuple[str, str],
         extra_hosts: tuple[tuple[str, str], ...] = (),
+        shm_size: int = 0,
+        ulimits: tuple[tuple[str, int, int], ...] = (),
         named_contexts: Mapping[str, NamedContext] | None = None,
     ) -> None:
         self.ast = ast
@@ -299,6 +301,8 @@ class _Converter:
         self.no_cache = no_cache
         self.platform = platform
         self.extra_hosts = extra_hosts
+        self.shm_size = shm_size
+        self.ulimits = ulimits
         self.named = {k.lower(): v for k, v in (named_contexts or {}).items()}
         self._named_vertices: dict[str, Vertex] = {}
         self.used_args: set[str] = set()
@@ -739,6 +743,8 @@ class _Converter:
             mounts=mounts,
             security=security,
             extra_hosts=self.extra_hosts,
+            shm_size=self.shm_size,
+            ulimits=self.ulimits,
         )
         stage.root = Vertex(
             op, tuple(inputs), self.meta(stage.define, step, self.display(node), node)
@@ -1289,6 +1295,8 @@ def convert(
     no_cache: bool = False,
     platform: tuple[str, str] = ("linux", "amd64"),
     extra_hosts: Sequence[tuple[str, str]] = (),
+    shm_size: int = 0,
+    ulimits: Sequence[tuple[str, int, int]] = (),
     named_contexts: Mapping[str, NamedContext] | None = None,
 ) -> BuildPlan:
     """Turn a Dockerfile into the build graph of its target stage.
@@ -1306,6 +1314,8 @@ def convert(
         no_cache=no_cache,
         platform=platform,
         extra_hosts=tuple(extra_hosts),
+        shm_size=shm_size,
+        ulimits=tuple(ulimits),
         named_contexts=named_contexts,
     )
     plan = converter.run()

@@ -255,7 +255,7 @@ class BuiltinExecutor(_ProcessExecutor):
     It implements the part of the OCI runtime spec that build steps need (see
     runtime/init.py), docker's default seccomp profile included (compiled with
     libseccomp). Not applied: AppArmor and SELinux, cgroups (no resource limits
-    and no device cgroup), rlimits and ambient capabilities.
+    and no device cgroup) and ambient capabilities.
     """
 
     name = "builtin"

@@ -40,7 +40,7 @@ its own stdio (runtime.console).
 
 Not applied (the executor's docstring says so too): AppArmor/SELinux,
 cgroups (no resource limits, and no device cgroup: the step's CAP_MKNOD nodes
-are not restricted), rlimits, ambient capabilities.
+are not restricted), ambient capabilities.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -58,7 +59,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from runtime import _libc, console, seccomp
-from runtime.spec import secure_join
+from runtime.spec import RLIM_INFINITY, secure_join
 
 _NAMESPACES = {
     "pid": _libc.CLONE_NEWPID,
@@ -275,6 +276,23 @@ def _set_identity(process: dict[str, Any], last_cap: int) -> None:
     )
 
 
+def _set_rlimits(limits: list[dict[str, Any]]) -> None:
+    for entry in limits:
+        kind = entry["type"]
+        which = getattr(resource, kind, None)
+        if not isinstance(which, int):
+            raise SetupError(f"rlimit {kind}: not a resource of this system")
+        soft, hard = (
+            resource.RLIM_INFINITY if v >= RLIM_INFINITY else v
+            for v in (entry["soft"], entry["hard"])
+        )
+        try:
+            resource.setrlimit(which, (soft, hard))
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise SetupError(f"setting rlimit {kind}: {reason}") from exc
+
+
 # -- the two processes ------------------------------------------------------------
 
 
@@ -351,6 +369,7 @@ def _container(
         # Before capabilities drop: a filter without no_new_privs needs
         # CAP_SYS_ADMIN. The syscalls left until the exec are all allowed.
         filter_.load()
+    _set_rlimits(process.get("rlimits", []))  # while still privileged
     _set_identity(process, last_cap)
     try:
         os.chdir(process.get("cwd", "/"))

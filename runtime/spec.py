@@ -13,8 +13,9 @@ buildpy's builtin executor) can run::
 The config follows what docker gives a build step (BuildKit's executor/oci):
 the default mounts, masked and read-only paths and capability set of runc's
 default spec; pid, mount, uts and ipc namespaces, plus a network namespace only
-for network "none"; no rlimits (this machine has no CAP_SYS_RESOURCE, so asking
-for any above the current hard limit fails) and no cgroup resource limits;
+for network "none"; rlimits only those ``--ulimit`` asks for (the others are
+the builder's own; a hard limit above the builder's needs CAP_SYS_RESOURCE) and
+no cgroup resource limits; /dev/shm of 64 MiB unless ``--shm-size`` says;
 docker's default seccomp profile (runtime.seccomp), which runc and crun apply.
 
 Mount-point stubs: a runtime creates the destination of every mount that is
@@ -115,6 +116,8 @@ class ProcessSpec:
     terminal: bool = False
     seccomp: bool = True  # docker's default profile (runtime.seccomp)
     extra_hosts: Sequence[tuple[str, str]] = ()  # (name, address) for /etc/hosts
+    shm_size: int = 0  # /dev/shm's size in bytes; 0: docker's 64 MiB
+    ulimits: Sequence[tuple[str, int, int]] = ()  # (name, soft, hard); -1: unlimited
 
 
 @dataclass(frozen=True)
@@ -260,7 +263,7 @@ def resolve_user(root: Path, user: str) -> ResolvedUser:
 # -- the config -------------------------------------------------------------------
 
 
-def _default_mounts(bundle_dir: Path) -> list[dict[str, Any]]:
+def _default_mounts(bundle_dir: Path, shm_size: int = 0) -> list[dict[str, Any]]:
     nosuid_noexec_nodev = ["nosuid", "noexec", "nodev"]
     return [
         {
@@ -292,7 +295,8 @@ def _default_mounts(bundle_dir: Path) -> list[dict[str, Any]]:
             "destination": "/dev/shm",
             "type": "tmpfs",
             "source": "shm",
-            "options": nosuid_noexec_nodev + ["mode=1777", "size=65536k"],
+            "options": nosuid_noexec_nodev
+            + ["mode=1777", f"size={shm_size}" if shm_size else "size=65536k"],
         },
         {
             "destination": "/dev/mqueue",
@@ -424,13 +428,66 @@ def build_config(
                 "permitted": caps,
             },
             "noNewPrivileges": False,  # BuildKit lets setuid binaries (sudo) work
+            **({"rlimits": rlimits(spec.ulimits)} if spec.ulimits else {}),
         },
         "root": {"path": str(rootfs), "readonly": False},
         "hostname": spec.hostname,
-        "mounts": _rootless_mounts(_default_mounts(bundle_dir), spec.network)
+        "mounts": _rootless_mounts(
+            _default_mounts(bundle_dir, spec.shm_size), spec.network
+        )
         + extra_mounts,
         "linux": linux,
     }
+
+
+# The names ``--ulimit`` takes, as docker's (its go-units table): each is the
+# RLIMIT_ constant of the same name, upper-cased.
+ULIMIT_NAMES = (
+    "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice",
+    "nofile", "nproc", "rss", "rtprio", "rttime", "sigpending", "stack",
+)  # fmt: skip
+RLIM_INFINITY = 2**64 - 1  # the spec's rlimits are uint64; -1 is unlimited
+
+
+def rlimits(ulimits: Sequence[tuple[str, int, int]]) -> list[dict[str, Any]]:
+    """The OCI ``process.rlimits`` of ``--ulimit`` values (name, soft, hard)."""
+
+    def limit(value: int) -> int:
+        return RLIM_INFINITY if value < 0 else value
+
+    return [
+        {"type": f"RLIMIT_{name.upper()}", "soft": limit(soft), "hard": limit(hard)}
+        for name, soft, hard in ulimits
+    ]
+
+
+_CAP_SYS_RESOURCE = 24
+
+
+def ulimit_beyond_reach(ulimits: Sequence[tuple[str, int, int]]) -> str | None:
+    """Why one of ``ulimits`` cannot be set for a step, or None: a hard limit
+    above this process's own needs CAP_SYS_RESOURCE, which a builder in a
+    container often lacks (MACHINE-NOTES.md)."""
+    import resource
+
+    try:
+        status = Path("/proc/self/status").read_text()
+        effective = int(status.split("CapEff:")[1].split()[0], 16)
+    except (OSError, IndexError, ValueError):
+        return None  # cannot tell: the runtime will say
+    if effective >> _CAP_SYS_RESOURCE & 1:
+        return None
+    for name, _soft, hard in ulimits:
+        current = resource.getrlimit(getattr(resource, f"RLIMIT_{name.upper()}"))[1]
+        if current == resource.RLIM_INFINITY:
+            continue
+        if hard < 0 or hard > current:
+            shown = "unlimited" if hard < 0 else str(hard)
+            return (
+                f"--ulimit {name}: the hard limit {shown} is above this builder's "
+                f"({current}), and raising it needs CAP_SYS_RESOURCE"
+            )
+    return None
 
 
 def _write_etc_files(

@@ -241,7 +241,9 @@ class ExecOp(Op):
     ``user`` is ``user[:group]`` as the stage's USER set it ("" is root);
     ``security`` is "sandbox" or "insecure" (``RUN --security``);
     ``extra_hosts`` are (name, address) lines added to /etc/hosts (``build
-    --add-host``).
+    --add-host``); ``shm_size`` is /dev/shm's size in bytes, 0 for the default
+    (``--shm-size``); ``ulimits`` are (name, soft, hard), -1 for unlimited
+    (``--ulimit``).
     """
 
     kind: ClassVar[str] = "exec"
@@ -253,13 +255,19 @@ class ExecOp(Op):
     mounts: tuple[ExecMount, ...] = ()
     security: str = "sandbox"
     extra_hosts: tuple[tuple[str, str], ...] = ()
+    shm_size: int = 0
+    ulimits: tuple[tuple[str, int, int], ...] = ()
+
+    # Fields added after the cache's first records: left out of the encoding
+    # when unset, so a step without them keeps the key it had, and the caches
+    # made before stay good.
+    _LATER: ClassVar[tuple[str, ...]] = ("extra_hosts", "shm_size", "ulimits")
 
     def encode(self) -> dict[str, Any]:
         encoded = super().encode()
-        if not self.extra_hosts:
-            # Added after the cache's first records: a step without extra hosts
-            # keeps the key it had, and the caches made before stay good.
-            del encoded["extra_hosts"]
+        for name in self._LATER:
+            if not getattr(self, name):
+                del encoded[name]
         return encoded
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from buildpy.engine import host_platform
 from tests.conftest import REPO, Buildpy, write_context
@@ -161,6 +164,61 @@ def test_add_host_lines_reach_run_steps_and_their_cache_keys(
     ]:
         proc = busybox.build(context, "--add-host", bad, check=False)
         assert proc.returncode == 2 and says in proc.stderr, bad
+
+
+@pytest.mark.parametrize("runtime", ["runc", "builtin"])
+def test_shm_size_and_ulimit_reach_run_steps_and_their_cache_keys(
+    busybox: Buildpy, tmp_path, runtime: str
+):
+    context = write_context(
+        tmp_path / "ctx",
+        {
+            "Dockerfile": "FROM busybox\nRUN ulimit -Sn > /soft; ulimit -Hn > /hard; "
+            "df -k /dev/shm | tail -1 > /shm\n"
+        },
+    )
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    soft = min(hard, 4096) // 2
+
+    def limits(*flags: str) -> tuple[list[str], str]:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        proc = busybox.build(
+            context, "--oci-runtime", runtime, *flags, "-o", f"type=local,dest={out}"
+        )
+        shm_kib = (out / "shm").read_text().split()[1]
+        seen = [(out / "soft").read_text().strip(), (out / "hard").read_text().strip()]
+        return [*seen, shm_kib], proc.stderr
+
+    plain, _ = limits("--no-cache")
+    assert plain[2] == "65536"  # docker's 64 MiB
+    asked = ["--ulimit", f"nofile={soft}:{soft * 2}", "--shm-size", "96m"]
+    given, log = limits("--no-cache", *asked)
+    assert given == [str(soft), str(soft * 2), str(96 * 1024)]
+    again, log = limits(*asked)
+    assert again == given and "cache miss" not in log
+    other, log = limits("--ulimit", f"nofile={soft}:{soft}")
+    assert "cache miss" in log and other[:2] == [str(soft), str(soft)]
+    assert limits()[1].count("cache miss") == 0  # no flags: the key it had
+
+    for bad, says in [
+        ("nofile=2:1", "the soft limit is above the hard one"),
+        ("files=1", "NAME one of core, cpu"),
+        ("nofile=x", "limits are whole numbers"),
+    ]:
+        proc = busybox.build(context, "--ulimit", bad, check=False)
+        assert proc.returncode == 2 and says in proc.stderr, bad
+    if not _has_cap_sys_resource() and hard != resource.RLIM_INFINITY:
+        proc = busybox.build(context, "--ulimit", f"nofile=1:{hard + 1}", check=False)
+        assert (proc.returncode, proc.stderr) == (
+            2,
+            f"ERROR: --ulimit nofile: the hard limit {hard + 1} is above this "
+            f"builder's ({hard}), and raising it needs CAP_SYS_RESOURCE\n",
+        )
+
+
+def _has_cap_sys_resource() -> bool:
+    status = Path("/proc/self/status").read_text()
+    return bool(int(status.split("CapEff:")[1].split()[0], 16) >> 24 & 1)
 
 
 def test_attestation_flags_take_only_no(busybox: Buildpy, tmp_path):
