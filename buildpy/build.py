@@ -53,6 +53,7 @@ class BuildRequest:
     cache_from: list[CacheSpec] = field(default_factory=list)  # --cache-from
     cache_to: list[CacheSpec] = field(default_factory=list)  # --cache-to
     labels: dict[str, str] = field(default_factory=dict)  # --label
+    annotations: dict[str, str] = field(default_factory=dict)  # --annotation
     pull: bool = False  # --pull: FROM images from their registries, always
     extra_hosts: list[tuple[str, str]] = field(default_factory=list)  # --add-host
     shm_size: int = 0  # --shm-size, bytes; 0: the default 64 MiB
@@ -200,7 +201,13 @@ async def run_build(engine: Engine, req: BuildRequest, display: Display) -> Buil
     names: list[str] = []
     with display.internal("exporting to image"):
         image = await trio.to_thread.run_sync(
-            lambda: assemble_image(engine, plan, final, source_date_epoch=epoch)
+            lambda: assemble_image(
+                engine,
+                plan,
+                final,
+                source_date_epoch=epoch,
+                annotations=req.annotations,
+            )
         )
         image = await trio.to_thread.run_sync(
             cacheio.add_inline, engine, req.cache_to, solved, plan, image, epoch

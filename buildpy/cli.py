@@ -87,6 +87,36 @@ def _extra_host(text: str) -> tuple[str, str]:
     return name, address
 
 
+_ANNOTATION_TYPES = ("index", "index-descriptor", "manifest-descriptor")
+
+
+def _annotation(text: str) -> tuple[str, str]:
+    """--annotation [manifest[PLATFORM]:]KEY=VALUE, as buildx takes it; the
+    image's manifest is the only place buildpy puts one."""
+    key, sep, value = text.partition("=")
+    kind, colon, name = key.partition(":")
+    if colon and "." not in kind and "/" not in kind.partition("[")[0]:
+        kind, _, platform = kind.partition("[")
+        if kind in _ANNOTATION_TYPES:
+            raise argparse.ArgumentTypeError(
+                f"{text}: only manifest annotations are supported (a built image "
+                "is one manifest, with no index of its own)"
+            )
+        if kind != "manifest":
+            raise argparse.ArgumentTypeError(
+                f"invalid annotation {text!r}: the type is manifest, index, "
+                "manifest-descriptor or index-descriptor"
+            )
+        if platform:
+            _host_platform(platform.removesuffix("]"))
+        key = name
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(
+            f"invalid annotation {text!r}: expected [manifest:]KEY=VALUE"
+        )
+    return key, value
+
+
 def _shm_size(text: str) -> int:
     """--shm-size: bytes, or a number with a unit (128m: 1024-based, as docker)."""
     from buildpy.cachecmds import parse_size
@@ -256,6 +286,14 @@ def make_parser() -> argparse.ArgumentParser:
         type=_extra_host,
         metavar="NAME:ADDRESS",
         help="a line for RUN steps' /etc/hosts (repeatable)",
+    )
+    build.add_argument(
+        "--annotation",
+        action="append",
+        default=[],
+        type=_annotation,
+        metavar="[manifest:]KEY=VALUE",
+        help="an annotation on the image's manifest (repeatable)",
     )
     build.add_argument(
         "--shm-size",

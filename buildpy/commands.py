@@ -66,6 +66,7 @@ def build(args: argparse.Namespace, root: Path | None) -> int:
         cache_from=args.cache_from,  # buildpy.cacheio.CacheSpec, parsed by argparse
         cache_to=args.cache_to,
         labels=dict(args.label),
+        annotations=dict(args.annotation),
         pull=args.pull,
         extra_hosts=list(args.add_host),
         shm_size=args.shm_size or 0,

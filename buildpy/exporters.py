@@ -19,7 +19,7 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -135,9 +135,15 @@ def _timestamp(epoch: float) -> str:
 
 
 def assemble_image(
-    engine: Engine, plan: BuildPlan, final: str, *, source_date_epoch: int | None
+    engine: Engine,
+    plan: BuildPlan,
+    final: str,
+    *,
+    source_date_epoch: int | None,
+    annotations: Mapping[str, str] | None = None,
 ) -> BuiltImage:
-    """Write the image of a solved plan into the store (blobs only, no name)."""
+    """Write the image of a solved plan into the store (blobs only, no name);
+    ``annotations`` go on its manifest."""
     chain = engine.snapshots.chain(final) if final else []
     base_layers = [n for n in chain if n.startswith(LAYER_PREFIX)]
     step_snapshots = [n for n in chain if not n.startswith(LAYER_PREFIX)]
@@ -188,7 +194,7 @@ def assemble_image(
     config["created"] = created
     config["rootfs"] = {"type": "layers", "diff_ids": [d for d, _ in layers]}
     config["history"] = history
-    manifest_digest = engine.images.save(config, layers)
+    manifest_digest = engine.images.save(config, layers, annotations)
     manifest = engine.images.manifest(manifest_digest)
     return BuiltImage(
         manifest_digest=manifest_digest,
@@ -334,6 +340,9 @@ def write_archive(
         },
         "layers": layer_descs,
     }
+    stored = engine.images.manifest(image.manifest_digest)
+    if stored.get("annotations"):
+        manifest["annotations"] = stored["annotations"]
     manifest_digest, manifest_size = engine.images.put_json(manifest)
     # -t app:1 and name=app:1 together are one name (umoci refuses a tag twice).
     refs = list(dict.fromkeys(normalize_ref(n) for n in names))

@@ -17,6 +17,7 @@ import re
 import sqlite3
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,11 +139,15 @@ class ImageStore:
         return self.read_json(manifest["config"]["digest"])
 
     def save(
-        self, config: dict[str, Any] | bytes, layers: list[tuple[str, int]]
+        self,
+        config: dict[str, Any] | bytes,
+        layers: list[tuple[str, int]],
+        annotations: Mapping[str, str] | None = None,
     ) -> str:
         """Write config and manifest for uncompressed ``layers`` (digest, size);
         return the manifest digest. A config given as bytes (pulled or loaded) is
-        kept byte for byte, so the image keeps its ID."""
+        kept byte for byte, so the image keeps its ID. ``annotations``: the
+        manifest's (``build --annotation``); exports and pushes carry them."""
         if isinstance(config, bytes):
             config_digest, config_size = self.content.put_bytes(config)
         else:
@@ -159,6 +164,8 @@ class ImageStore:
                 {"mediaType": MEDIA_LAYER, "digest": d, "size": s} for d, s in layers
             ],
         }
+        if annotations:
+            manifest["annotations"] = dict(annotations)
         digest, _ = self.put_json(manifest)
         return digest
 

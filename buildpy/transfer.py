@@ -397,6 +397,8 @@ def push_image(
             },
             "layers": descriptors,
         }
+        if manifest.get("annotations"):
+            pushed["annotations"] = manifest["annotations"]
         data = json.dumps(pushed, separators=(",", ":")).encode()
         digest = client.put_manifest(repo, ref.reference, data, MEDIA_MANIFEST)
     return Pushed(ref, digest, len(data))

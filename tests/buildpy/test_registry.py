@@ -104,6 +104,43 @@ def test_push_is_what_was_built_and_pulls_into_a_clean_store(
     assert (out / "seen").read_text() == "built\n"
 
 
+def test_annotations_reach_the_manifest_everywhere_it_goes(
+    busybox: Buildpy, registry: Registry, tmp_path: Path
+):
+    ref = f"{registry.host}/annotated:1"
+    context = write_context(
+        tmp_path / "ctx", {"Dockerfile": "FROM busybox\nRUN echo x > /x\n"}
+    )
+    given = {"org.opencontainers.image.source": "https://example.com/r", "team": "x"}
+    flags = ["--annotation", "org.opencontainers.image.source=https://example.com/r"]
+    flags += ["--annotation", "manifest:team=x"]
+    archive = tmp_path / "oci.tar"
+    busybox.build(
+        context, *flags, "-t", ref, "--push", "-o", f"type=oci,dest={archive}"
+    )
+    assert skopeo_inspect(ref, raw=True)["annotations"] == given
+    assert local_image(busybox, ref)["Manifest"]["annotations"] == given
+    for source in (archive, tmp_path / "saved.tar"):
+        if source.name == "saved.tar":
+            busybox.run("save", "-o", source, ref)
+        raw = subprocess.run(
+            ["skopeo", "inspect", "--raw", f"oci-archive:{source}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        assert json.loads(raw.stdout)["annotations"] == given
+    # Outside every step's key, as labels: the image ID is the one without them.
+    plain = busybox.build(context, "-q").stdout
+    assert plain.strip() == local_image(busybox, ref)["Id"]
+    for bad, says in [
+        ("index:a=b", "only manifest annotations are supported"),
+        ("a", "expected [manifest:]KEY=VALUE"),
+    ]:
+        proc = busybox.build(context, "--annotation", bad, check=False)
+        assert proc.returncode == 2 and says in proc.stderr
+
+
 def test_from_pulls_by_digest_when_the_store_lacks_it(
     busybox: Buildpy, second: Buildpy, registry: Registry, tmp_path: Path
 ):
