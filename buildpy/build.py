@@ -26,8 +26,15 @@ from buildpy.exporters import (
 from buildpy.mounts import SecretSource, SSHSource
 from buildpy.progress import Display
 from buildpy.worker import BuildWorker
-from frontend import IgnoreMatcher, NamedContext, convert, read_dockerignore
+from frontend import (
+    BuildPlan,
+    IgnoreMatcher,
+    NamedContext,
+    convert,
+    read_dockerignore,
+)
 from runtime import find_executor
+from solver.graph import ExecOp
 from solver.keylock import KeyLocks
 from solver.scheduler import Solver, SolveResult
 
@@ -59,6 +66,48 @@ class BuildRequest:
     shm_size: int = 0  # --shm-size, bytes; 0: the default 64 MiB
     ulimits: list[tuple[str, int, int]] = field(default_factory=list)  # --ulimit
     build_contexts: list[tuple[str, str]] = field(default_factory=list)  # NAME, VALUE
+    allow: set[str] = field(default_factory=set)  # --allow: entitlements asked for
+
+
+# What ``buildpy serve --allow-insecure-entitlement`` granted, set in the
+# daemon's zygote for every command it runs; None embedded, where the user
+# who runs buildpy grants what they ask for.
+DAEMON_GRANTS: frozenset[str] | None = None
+ENTITLEMENTS = ("security.insecure", "network.host")
+
+
+def check_entitlements(req: BuildRequest) -> None:
+    """Refuse, before the build, what --allow asks that the daemon does not
+    grant (as buildkitd's own flag of the same name decides)."""
+    if DAEMON_GRANTS is None:
+        return
+    for entitlement in sorted(req.allow):
+        if entitlement == "security.insecure" and entitlement not in DAEMON_GRANTS:
+            raise UsageError(
+                f"--allow {entitlement}: the buildpy daemon was not started with "
+                f"--allow-insecure-entitlement {entitlement}"
+            )
+
+
+def _insecure_without_allow(req: BuildRequest, plan: BuildPlan, name: str) -> None:
+    """A RUN --security=insecure step runs privileged only when the build
+    allows it (--allow security.insecure), as in buildx; else the build stops."""
+    if "security.insecure" in req.allow:
+        return
+    seen: set[str] = set()
+    stack = [plan.final]
+    while stack:
+        vertex = stack.pop()
+        if vertex.digest in seen:
+            continue
+        seen.add(vertex.digest)
+        stack.extend(vertex.inputs)
+        op = vertex.op
+        if isinstance(op, ExecOp) and op.security == "insecure":
+            where = f"{name}:{vertex.meta.lines[0]}: " if vertex.meta.lines else ""
+            raise UsageError(
+                f"{where}RUN --security=insecure needs --allow security.insecure"
+            )
 
 
 @dataclass
@@ -159,6 +208,7 @@ async def run_build(engine: Engine, req: BuildRequest, display: Display) -> Buil
         ulimits=req.ulimits,
         named_contexts=named,
     )
+    _insecure_without_allow(req, plan, dockerfile.name)
     for warning in plan.warnings:
         display.warn(warning)
     if req.labels:

@@ -288,6 +288,15 @@ def make_parser() -> argparse.ArgumentParser:
         help="a line for RUN steps' /etc/hosts (repeatable)",
     )
     build.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        choices=("security.insecure", "network.host"),
+        metavar="ENTITLEMENT",
+        help="security.insecure: let RUN --security=insecure run privileged; "
+        "network.host (RUN steps use the host's network already)",
+    )
+    build.add_argument(
         "--annotation",
         action="append",
         default=[],
@@ -370,7 +379,17 @@ def make_parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("images", parents=[common], help="list the local store")
-    sub.add_parser("serve", parents=[common], help="run the daemon (buildpy/daemon.py)")
+    serve = sub.add_parser(
+        "serve", parents=[common], help="run the daemon (buildpy/daemon.py)"
+    )
+    serve.add_argument(
+        "--allow-insecure-entitlement",
+        action="append",
+        default=[],
+        choices=("security.insecure",),
+        metavar="ENTITLEMENT",
+        help="security.insecure: builds may ask for --allow security.insecure",
+    )
     cachecmds.add_parsers(sub, common)
 
     from buildpy.run import add_arguments as add_run_arguments
@@ -469,7 +488,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         tls = {f"--{f}": getattr(args, f, None) for f in ("tlscacert", "tlscert")}
         tls["--tlskey"] = getattr(args, "tlskey", None)
-        return serve(getattr(args, "addr", None), root, tls)
+        grants = args.allow_insecure_entitlement
+        return serve(getattr(args, "addr", None), root, tls, grants)
     if args.command == "images":
         from buildpy.commands import images
 

@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from buildpy import cachecmds, errors
-from buildpy.build import BuildRequest, run_build
+from buildpy.build import BuildRequest, check_entitlements, run_build
 from buildpy.cli import print_json
 from buildpy.engine import Engine, host_platform
 from buildpy.errors import InfraError, UsageError
@@ -72,6 +72,7 @@ def build(args: argparse.Namespace, root: Path | None) -> int:
         shm_size=args.shm_size or 0,
         ulimits=list(args.ulimit),
         build_contexts=list(args.build_context),
+        allow=set(args.allow),
     )
     if args.push:
         req.outputs.append(Output(type="image", push=True))
@@ -79,6 +80,7 @@ def build(args: argparse.Namespace, root: Path | None) -> int:
         req.outputs.append(Output(type="image"))
     cachecmds.apply_build_flags(args, req)
     check_stdout(req.outputs, quiet=mode == "quiet")
+    check_entitlements(req)
     if req.ulimits and (why := ulimit_beyond_reach(req.ulimits)):
         raise UsageError(why)  # before the build, not from every RUN step
     display = make_display(mode)

@@ -50,7 +50,7 @@ import sys
 import termios
 import traceback
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,6 +209,7 @@ class Daemon:
         self._zygote_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self.tls: Any = None  # tlsaddr.TLSFiles: serve tcp:// (buildpy/remotectx.py)
+        self.grants: tuple[str, ...] = ()  # --allow-insecure-entitlement
 
     # --- life cycle ------------------------------------------------------------
 
@@ -291,7 +292,8 @@ class Daemon:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             self._zygote = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "buildpy.zygote", str(theirs.fileno())],
+                [sys.executable, "-m", "buildpy.zygote", str(theirs.fileno())]
+                + list(self.grants),
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
             )
@@ -871,10 +873,14 @@ async def _receive_with_fds(sock: Any, passed: list[int]) -> bytes:
 
 
 def serve(
-    addr: str | None, root: Path | None, tls: dict[str, str | None] | None = None
+    addr: str | None,
+    root: Path | None,
+    tls: dict[str, str | None] | None = None,
+    grants: Sequence[str] = (),
 ) -> int:
     """``buildpy serve``: run the daemon until SIGTERM or Ctrl-C. ``tls``: the
-    --tlscacert/--tlscert/--tlskey values, required for a tcp:// address."""
+    --tlscacert/--tlscert/--tlskey values, required for a tcp:// address;
+    ``grants``: --allow-insecure-entitlement values."""
     from buildpy import tlsaddr
 
     addr = addr or client.DEFAULT_ADDR
@@ -893,6 +899,7 @@ def serve(
     os.environ["BUILDPY_ROOT"] = str(root)
     daemon = Daemon(root, addr)
     daemon.tls = files
+    daemon.grants = tuple(dict.fromkeys(grants))
     try:
         trio.run(daemon.run)
     except BaseExceptionGroup as group:

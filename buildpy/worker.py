@@ -422,6 +422,7 @@ class BuildWorker:
                     extra_hosts=op.extra_hosts,
                     shm_size=op.shm_size,
                     ulimits=op.ulimits,
+                    privileged=op.security == "insecure",  # the build allowed it
                 )
                 try:
                     await self._thread(make_bundle, bundle, rootfs, spec)

@@ -93,6 +93,11 @@ def warm_up() -> None:
 
     # A child never forwards to a daemon, whatever argv or environment it gets.
     buildpy.client.EMBEDDED_ONLY = True
+    import buildpy.build
+
+    # What the daemon grants (argv after the socket): in the zygote's memory,
+    # which no client's environment or flags can change.
+    buildpy.build.DAEMON_GRANTS = frozenset(sys.argv[2:])
     cli.parser()  # built once, for every child; imports the modules it needs
     for name in WARM_MODULES:
         try:

@@ -208,6 +208,19 @@ def _add_devices(rootfs: Path) -> None:
             os.symlink(target, dev / name)
 
 
+def _add_listed_devices(rootfs: Path, devices: list[dict[str, Any]]) -> None:
+    """``linux.devices`` (a privileged step's host devices), each bound from
+    the host's node of the same path, as runc does in a user namespace."""
+    for device in devices:
+        path = device["path"]
+        node = secure_join(rootfs, path)
+        if not os.path.exists(path) or os.path.lexists(node):
+            continue
+        node.parent.mkdir(parents=True, exist_ok=True)
+        _make_mountpoint(node, as_file=True)
+        _libc.mount(path, str(node), None, _libc.MS_BIND)
+
+
 def _readonly_path(path: str) -> None:
     if not os.path.exists(path):
         return
@@ -342,6 +355,7 @@ def _container(
             raise SetupError(f"mount {mount['destination']}: {exc}") from exc
     if any(m["destination"] == "/dev" for m in config.get("mounts", [])):
         _add_devices(rootfs)
+    _add_listed_devices(rootfs, config.get("linux", {}).get("devices", []))
     if "network" in namespaces:
         _loopback_up()
     linux = config.get("linux", {})

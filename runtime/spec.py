@@ -118,6 +118,7 @@ class ProcessSpec:
     extra_hosts: Sequence[tuple[str, str]] = ()  # (name, address) for /etc/hosts
     shm_size: int = 0  # /dev/shm's size in bytes; 0: docker's 64 MiB
     ulimits: Sequence[tuple[str, int, int]] = ()  # (name, soft, hard); -1: unlimited
+    privileged: bool = False  # RUN --security=insecure, allowed by the build
 
 
 @dataclass(frozen=True)
@@ -263,7 +264,65 @@ def resolve_user(root: Path, user: str) -> ResolvedUser:
 # -- the config -------------------------------------------------------------------
 
 
-def _default_mounts(bundle_dir: Path, shm_size: int = 0) -> list[dict[str, Any]]:
+def all_capabilities() -> list[str]:
+    """Every capability the builder itself holds, for a privileged step: all
+    that the kernel knows, unless the builder runs in a container that took
+    some away (CAP_SYS_RESOURCE here: MACHINE-NOTES.md), and a step cannot be
+    given more than its builder has."""
+    from runtime._libc import CAPABILITIES
+
+    held = (1 << (max(CAPABILITIES.values()) + 1)) - 1
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(("CapPrm:", "CapBnd:")):
+                held &= int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return [name for name, bit in CAPABILITIES.items() if held >> bit & 1]
+
+
+# Under /dev, what is not a device of the host's: each container has its own.
+_NOT_HOST_DEVICES = ("pts", "shm", "mqueue", "fd", "console")
+
+
+def host_devices() -> list[dict[str, Any]]:
+    """The host's device nodes as OCI ``linux.devices``, for a privileged step
+    (containerd's WithHostDevices)."""
+    devices = []
+    for top, dirs, files in os.walk("/dev"):
+        if top == "/dev":
+            dirs[:] = [d for d in dirs if d not in _NOT_HOST_DEVICES]
+        for name in files:
+            path = os.path.join(top, name)
+            if top == "/dev" and name in _NOT_HOST_DEVICES:
+                continue
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISCHR(st.st_mode):
+                kind = "c"
+            elif stat.S_ISBLK(st.st_mode):
+                kind = "b"
+            else:
+                continue
+            devices.append(
+                {
+                    "path": path,
+                    "type": kind,
+                    "major": os.major(st.st_rdev),
+                    "minor": os.minor(st.st_rdev),
+                    "fileMode": stat.S_IMODE(st.st_mode),
+                    "uid": st.st_uid,
+                    "gid": st.st_gid,
+                }
+            )
+    return sorted(devices, key=lambda d: d["path"])
+
+
+def _default_mounts(
+    bundle_dir: Path, shm_size: int = 0, *, writable_sys: bool = False
+) -> list[dict[str, Any]]:
     nosuid_noexec_nodev = ["nosuid", "noexec", "nodev"]
     return [
         {
@@ -308,7 +367,7 @@ def _default_mounts(bundle_dir: Path, shm_size: int = 0) -> list[dict[str, Any]]
             "destination": "/sys",
             "type": "sysfs",
             "source": "sysfs",
-            "options": nosuid_noexec_nodev + ["ro"],
+            "options": nosuid_noexec_nodev + ([] if writable_sys else ["ro"]),
         },
         {
             "destination": "/etc/hosts",
@@ -386,7 +445,7 @@ def build_config(
     namespaces = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
     if spec.network == "none":
         namespaces.append({"type": "network"})
-    caps = list(DEFAULT_CAPABILITIES)
+    caps = all_capabilities() if spec.privileged else list(DEFAULT_CAPABILITIES)
     # As docker does, a non-root step starts with no effective capabilities;
     # the bounding and permitted sets are the default set either way.
     effective = caps if user.uid == 0 else []
@@ -407,7 +466,16 @@ def build_config(
         "maskedPaths": list(MASKED_PATHS),
         "readonlyPaths": list(READONLY_PATHS),
     }
-    profile = default_profile() if spec.seccomp else None
+    if spec.privileged:
+        # BuildKit's insecure mode, docker's --privileged: every capability and
+        # host device, nothing masked or read-only, no seccomp filter.
+        linux.update(
+            resources={"devices": [{"allow": True, "access": "rwm"}]},
+            devices=host_devices(),
+            maskedPaths=[],
+            readonlyPaths=[],
+        )
+    profile = default_profile() if spec.seccomp and not spec.privileged else None
     if profile is not None:
         linux["seccomp"] = profile
     return {
@@ -433,7 +501,8 @@ def build_config(
         "root": {"path": str(rootfs), "readonly": False},
         "hostname": spec.hostname,
         "mounts": _rootless_mounts(
-            _default_mounts(bundle_dir, spec.shm_size), spec.network
+            _default_mounts(bundle_dir, spec.shm_size, writable_sys=spec.privileged),
+            spec.network,
         )
         + extra_mounts,
         "linux": linux,

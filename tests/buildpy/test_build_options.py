@@ -216,6 +216,43 @@ def test_shm_size_and_ulimit_reach_run_steps_and_their_cache_keys(
         )
 
 
+INSECURE = (
+    "FROM busybox\n"
+    "RUN --security=insecure grep CapEff /proc/self/status > /caps && mkdir /m "
+    "&& mount -t tmpfs none /m && echo mounted > /mounted && ls /dev > /devs\n"
+    "RUN grep CapEff /proc/self/status > /after\n"
+)
+
+
+def _cap_eff() -> int:
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("CapEff:")[1].split()[0], 16)
+
+
+@pytest.mark.parametrize("runtime", ["runc", "builtin"])
+def test_insecure_steps_need_allow_and_run_privileged(
+    busybox: Buildpy, tmp_path, runtime: str
+):
+    context = write_context(tmp_path / "ctx", {"Dockerfile": INSECURE})
+    refused = busybox.build(context, "--oci-runtime", runtime, check=False)
+    assert (refused.returncode, refused.stderr.splitlines()[-1]) == (
+        2,
+        "ERROR: Dockerfile:2: RUN --security=insecure needs --allow security.insecure",
+    )
+    out = tmp_path / "out"
+    busybox.build(
+        context, "--oci-runtime", runtime, "--allow", "security.insecure",
+        "--no-cache", "-o", f"type=local,dest={out}",
+    )  # fmt: skip
+    # Every capability the builder holds, mount(2) past seccomp, host devices.
+    assert int((out / "caps").read_text().split()[1], 16) == _cap_eff()
+    assert (out / "mounted").read_text() == "mounted\n"
+    host = {p.name for p in Path("/dev").iterdir() if p.is_char_device()}
+    assert host - {"console", "ptmx"} <= set((out / "devs").read_text().split())
+    # The next step is sandboxed again: docker's default set (0xa80425fb).
+    assert (out / "after").read_text().split()[1] == "00000000a80425fb"
+
+
 def _has_cap_sys_resource() -> bool:
     status = Path("/proc/self/status").read_text()
     return bool(int(status.split("CapEff:")[1].split()[0], 16) >> 24 & 1)

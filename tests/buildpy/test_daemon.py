@@ -659,3 +659,31 @@ def test_archives_through_the_daemon_are_the_embedded_bytes(
     with tarfile.open(rootfs) as tar:
         assert "bin/busybox" in tar.getnames()
     assert leftovers(busybox) == []
+
+
+def test_insecure_entitlement_is_the_daemons_to_grant(busybox: Buildpy, tmp_path):
+    """As buildkitd: --allow security.insecure works through a daemon started
+    with --allow-insecure-entitlement security.insecure, and only then."""
+    context = write_context(
+        tmp_path / "ctx",
+        {
+            "Dockerfile": "FROM busybox\nRUN --security=insecure mkdir /m && mount -t tmpfs x /m\n"
+        },
+    )
+    flags = ("build", "-q", "--allow", "security.insecure", context)
+    for granted in (False, True):
+        grant = ("--allow-insecure-entitlement", "security.insecure") if granted else ()
+        d = launch_daemon(busybox.root, f"unix://{tmp_path / f'sock{granted}'}", *grant)
+        try:
+            proc = via(busybox, d, *flags, check=False)
+        finally:
+            assert d.stop() == 0, "".join(d.log)
+        if granted:
+            assert proc.returncode == 0, proc.stderr
+        else:
+            assert (proc.returncode, proc.stderr) == (
+                2,
+                "ERROR: --allow security.insecure: the buildpy daemon was not "
+                "started with --allow-insecure-entitlement security.insecure\n",
+            )
+    assert busybox.run(*flags).returncode == 0  # embedded: the user's to grant
