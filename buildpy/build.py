@@ -67,6 +67,7 @@ class BuildRequest:
     ulimits: list[tuple[str, int, int]] = field(default_factory=list)  # --ulimit
     build_contexts: list[tuple[str, str]] = field(default_factory=list)  # NAME, VALUE
     allow: set[str] = field(default_factory=set)  # --allow: entitlements asked for
+    squash: bool = False  # --squash: the build's own layers as one
 
 
 # What ``buildpy serve --allow-insecure-entitlement`` granted, set in the
@@ -257,6 +258,7 @@ async def run_build(engine: Engine, req: BuildRequest, display: Display) -> Buil
                 final,
                 source_date_epoch=epoch,
                 annotations=req.annotations,
+                squash=req.squash,
             )
         )
         image = await trio.to_thread.run_sync(

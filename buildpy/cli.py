@@ -297,6 +297,11 @@ def make_parser() -> argparse.ArgumentParser:
         "network.host (RUN steps use the host's network already)",
     )
     build.add_argument(
+        "--squash",
+        action="store_true",
+        help="the build's own layers as one, above the base image's (as buildah)",
+    )
+    build.add_argument(
         "--annotation",
         action="append",
         default=[],

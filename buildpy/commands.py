@@ -73,6 +73,7 @@ def build(args: argparse.Namespace, root: Path | None) -> int:
         ulimits=list(args.ulimit),
         build_contexts=list(args.build_context),
         allow=set(args.allow),
+        squash=args.squash,
     )
     if args.push:
         req.outputs.append(Output(type="image", push=True))

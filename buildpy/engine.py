@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import platform
+import shutil
+import tempfile
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from functools import cached_property
@@ -21,6 +23,7 @@ from snapshotter.compression import open_decompressed
 from snapshotter.content import ContentStore
 from snapshotter.diff import apply_layer, layer_is_empty, write_layer
 from snapshotter.overlay import Snapshotter
+from snapshotter.squash import merge_upperdirs
 from solver.cachestore import CacheStore
 
 if TYPE_CHECKING:
@@ -182,6 +185,32 @@ class Engine:
             digest, size = w.commit()
         self.images.record_layer(name, digest, size)
         return digest, size
+
+    def squashed_layer(
+        self, names: list[str], epoch: int | None = None
+    ) -> tuple[str | None, int]:
+        """One layer of the committed snapshots ``names`` (lowest first), as
+        ``snapshot_layer`` makes one of each (``build --squash``). Recorded
+        under a name for the whole stack, so a rebuild makes it once."""
+        record = "squash-" + hashlib.sha256("\n".join(names).encode()).hexdigest()
+        if epoch is None and (known := self.images.layer_of(record)) is not None:
+            return known
+        tmp = self.root / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        merged = Path(tempfile.mkdtemp(prefix="squash-", dir=tmp))
+        try:
+            merge_upperdirs([self.snapshots.fs_path(n) for n in names], merged)
+            if layer_is_empty(merged):
+                layer: tuple[str | None, int] = (None, 0)
+            else:
+                with self.content.writer() as w:
+                    write_layer(merged, w, source_date_epoch=epoch)  # type: ignore[arg-type]
+                    layer = tuple(w.commit())  # type: ignore[assignment]
+        finally:
+            shutil.rmtree(merged, ignore_errors=True)
+        if epoch is None:
+            self.images.record_layer(record, layer[0], layer[1])
+        return layer
 
     def materialize(self, result: str) -> str:
         """A result as a local snapshot: an imported cache record's is fetched."""

@@ -141,9 +141,11 @@ def assemble_image(
     *,
     source_date_epoch: int | None,
     annotations: Mapping[str, str] | None = None,
+    squash: bool = False,
 ) -> BuiltImage:
     """Write the image of a solved plan into the store (blobs only, no name);
-    ``annotations`` go on its manifest."""
+    ``annotations`` go on its manifest. ``squash``: the build's own layers as
+    one, above the base image's (``build --squash``, as buildah's)."""
     chain = engine.snapshots.chain(final) if final else []
     base_layers = [n for n in chain if n.startswith(LAYER_PREFIX)]
     step_snapshots = [n for n in chain if not n.startswith(LAYER_PREFIX)]
@@ -173,14 +175,26 @@ def assemble_image(
     history: list[dict[str, Any]] = [
         dict(h) for h in base_config.get("history", []) if isinstance(h, dict)
     ]
+    squashed: tuple[str | None, int] | None = None
+    if squash and step_snapshots:
+        # Every step's entry stays in the history; the last one that made a
+        # layer carries the layer of them all.
+        squashed = engine.squashed_layer(step_snapshots, source_date_epoch)
+        last = max(i for i, h in enumerate(plan.history) if not h.empty_layer)
     steps = iter(step_snapshots)
-    for entry in plan.history:
+    for index, entry in enumerate(plan.history):
         item: dict[str, Any] = {
             "created": created,
             "created_by": entry.created_by,
             "comment": entry.comment,
         }
-        if not entry.empty_layer:
+        if squashed is not None:
+            diff_id, size = squashed
+            if index == last and diff_id is not None:
+                layers.append((diff_id, size))
+            else:
+                item["empty_layer"] = True
+        elif not entry.empty_layer:
             diff_id, size = engine.snapshot_layer(next(steps), source_date_epoch)
             if diff_id is None:
                 item["empty_layer"] = True

@@ -667,7 +667,8 @@ def test_insecure_entitlement_is_the_daemons_to_grant(busybox: Buildpy, tmp_path
     context = write_context(
         tmp_path / "ctx",
         {
-            "Dockerfile": "FROM busybox\nRUN --security=insecure mkdir /m && mount -t tmpfs x /m\n"
+            "Dockerfile": "FROM busybox\n"
+            "RUN --security=insecure mkdir /m && mount -t tmpfs x /m\n"
         },
     )
     flags = ("build", "-q", "--allow", "security.insecure", context)

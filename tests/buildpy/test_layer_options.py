@@ -265,3 +265,61 @@ def test_base_layers_keep_their_blob_unless_compression_is_forced(
         tar.close()
         for diff_id in config["rootfs"]["diff_ids"]:
             assert (copy / diff_id.removeprefix("sha256:")).is_file()
+
+
+SQUASHED = (
+    "FROM busybox\n"
+    "RUN echo a > /a && mkdir -p /d/e && echo 1 > /d/e/f && mkdir /keep "
+    "&& echo k > /keep/k && ln /keep/k /keep/hard\n"
+    "RUN rm /bin/ls /a && echo b > /b && chmod 700 /keep && chown 5:6 /keep/k\n"
+    "RUN rm -rf /d && mkdir /d && echo 2 > /d/2 && ln -s /b /lnk && rm /etc/passwd\n"
+    "ENV X=1\n"
+    "RUN touch /etc/x\n"
+)
+
+
+def _tree(root: Path) -> dict[str, tuple]:
+    """Every entry below ``root``: type, mode, owner, and content or target."""
+    out: dict[str, tuple] = {}
+    for path in sorted(root.rglob("*")):
+        st = path.lstat()
+        if path.is_symlink():
+            what: object = path.readlink()
+        elif path.is_file():
+            what = path.read_bytes()
+        else:
+            what = None
+        rel = str(path.relative_to(root))
+        out[rel] = (st.st_mode, st.st_uid, st.st_gid, what)
+    return out
+
+
+def test_squash_makes_one_layer_of_the_same_files(busybox: Buildpy, tmp_path: Path):
+    if shutil.which("umoci") is None:
+        pytest.skip("umoci is not installed")
+    ctx = write_context(tmp_path / "ctx", {"Dockerfile": SQUASHED})
+    trees = {}
+    for kind, flags in (("plain", ()), ("squash", ("--squash",))):
+        archive = tmp_path / f"{kind}.tar"
+        busybox.build(
+            ctx, *flags, "-t", f"app:{kind}", "-o", f"type=oci,dest={archive}",
+            "-o", "type=image",
+        )  # fmt: skip
+        manifest, config, _ = _archive(archive)
+        trees[kind] = _tree(_umoci_unpack(archive, kind, tmp_path / kind))
+        if kind == "squash":
+            # The base's layer and one more; every step still in the history.
+            assert len(manifest["layers"]) == 2
+            layered = [h for h in config["history"] if not h.get("empty_layer")]
+            assert layered[-1]["created_by"].startswith("RUN /bin/sh -c touch")
+            assert len(config["history"]) == 6
+    # Deletions of base files (whiteouts), a directory replaced whole (opaque),
+    # modes, owners and hard links: the same root filesystem either way.
+    assert trees["squash"] == trees["plain"]
+    assert "bin/ls" not in trees["squash"] and "d/e" not in trees["squash"]
+
+    # A stage FROM the squashed image reads its files.
+    ctx2 = write_context(tmp_path / "ctx2", {"Dockerfile": "FROM app:squash\n"})
+    out = tmp_path / "out"
+    busybox.build(ctx2, "-o", f"type=local,dest={out}")
+    assert (out / "d/2").read_text() == "2\n" and not (out / "etc/passwd").exists()
