@@ -193,7 +193,9 @@ class Engine:
         ``snapshot_layer`` makes one of each (``build --squash``). Recorded
         under a name for the whole stack, so a rebuild makes it once."""
         record = "squash-" + hashlib.sha256("\n".join(names).encode()).hexdigest()
-        if epoch is None and (known := self.images.layer_of(record)) is not None:
+        known = self.images.layer_of(record) if epoch is None else None
+        # No snapshot keeps this layer's blob alive: prune may have taken it.
+        if known is not None and (known[0] is None or self.content.has(known[0])):
             return known
         tmp = self.root / "tmp"
         tmp.mkdir(parents=True, exist_ok=True)

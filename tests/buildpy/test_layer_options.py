@@ -323,3 +323,10 @@ def test_squash_makes_one_layer_of_the_same_files(busybox: Buildpy, tmp_path: Pa
     out = tmp_path / "out"
     busybox.build(ctx2, "-o", f"type=local,dest={out}")
     assert (out / "d/2").read_text() == "2\n" and not (out / "etc/passwd").exists()
+
+    # After its image and the cache are pruned, a squashed build is whole again.
+    busybox.run("rmi", "app:squash")
+    busybox.run("prune", "--all")
+    again = tmp_path / "again.tar"
+    busybox.build(ctx, "--squash", "-t", "app:again", "-o", f"type=oci,dest={again}")
+    assert _tree(_umoci_unpack(again, "again", tmp_path / "again")) == trees["plain"]
