@@ -227,7 +227,10 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     build = sub.add_parser("build", parents=[common], help="build an image")
-    build.add_argument("context", type=Path, help="the build context directory")
+    build.add_argument(
+        "context",
+        help="the build context: a directory, a git URL (URL#REF:SUBDIR), or - (stdin)",
+    )
     build.add_argument("-t", "--tag", action="append", default=[], help="name:tag")
     build.add_argument("-f", "--file", type=Path, help="the Dockerfile")
     build.add_argument("--target", help="the stage to build")

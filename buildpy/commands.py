@@ -23,10 +23,11 @@ from buildpy.cli import print_json
 from buildpy.engine import Engine, host_platform
 from buildpy.errors import InfraError, UsageError
 from buildpy.exporters import Output, _timestamp, check_stdout
+from buildpy.gitsource import git_context
 from buildpy.mounts import SecretSource, SSHSource
 from buildpy.progress import Display, error_block, make_display
 from buildpy.stdinput import build_input, uses_stdin
-from frontend import DockerfileError
+from frontend import DockerfileError, is_git_source
 from frontend.errors import source_frame
 from runtime import ExecutorUnavailable
 from runtime.spec import ulimit_beyond_reach
@@ -50,8 +51,9 @@ def build(args: argparse.Namespace, root: Path | None) -> int:
         mode = "quiet"
     if mode not in ("auto", "plain", "tty", "quiet", "rawjson"):
         raise UsageError(f"invalid progress mode {mode!r} (from BUILDKIT_PROGRESS)")
+    git_url = args.context if is_git_source(str(args.context)) else None
     req = BuildRequest(
-        context=args.context,
+        context=Path(args.context) if git_url is None else Path("."),
         dockerfile=args.file,
         tags=list(args.tag),
         build_args=dict(args.build_arg),
@@ -88,7 +90,7 @@ def build(args: argparse.Namespace, root: Path | None) -> int:
     try:
         with (
             Engine.open(root, verify_cache=args.verify_cache) as engine,
-            _read_stdin(engine, req),
+            _build_input(engine, req, git_url),
         ):
             result = cachecmds.run_build_locked(
                 engine, args, lambda: run_trio(run_build, engine, req, display)
@@ -123,22 +125,40 @@ def build(args: argparse.Namespace, root: Path | None) -> int:
 
 
 @contextmanager
-def _read_stdin(engine: Engine, req: BuildRequest) -> Iterator[None]:
-    """``-f -`` and ``build -``: the request's Dockerfile or context from stdin
-    (buildpy.stdinput), for as long as the build runs."""
+def _build_input(
+    engine: Engine, req: BuildRequest, git_url: str | None
+) -> Iterator[None]:
+    """A context that is not a directory of the user's, made one for as long
+    as the build runs: a git repository (buildpy.gitsource), or the Dockerfile
+    or the context from stdin (buildpy.stdinput)."""
+    tmp = engine.root / "tmp"
+    if git_url is not None:
+        with git_context(git_url, tmp) as where:
+            req.context = where
+            if req.dockerfile is not None and not req.dockerfile.is_absolute():
+                # As docker build: -f names a file of the repository.
+                req.dockerfile = where / req.dockerfile
+            with _forgotten(engine, where):
+                yield
+        return
     if not uses_stdin(req.context, req.dockerfile):
         yield
         return
-    tmp = engine.root / "tmp"
     with build_input(req.context, req.dockerfile, sys.stdin.buffer, tmp) as given:
         req.context, req.dockerfile = given.context, given.dockerfile
         req.dockerfile_text = given.dockerfile_text
-        try:
+        with _forgotten(engine, given.context):
             yield
-        finally:
-            # A context from stdin lives in a directory never seen again: its
-            # checksum records would only pile up.
-            engine.hasher.forget(given.context.resolve())
+
+
+@contextmanager
+def _forgotten(engine: Engine, context: Path) -> Iterator[None]:
+    """A context in a directory never seen again: its checksum records go
+    when the build ends, or they would only pile up."""
+    try:
+        yield
+    finally:
+        engine.hasher.forget(context.resolve())
 
 
 def _dockerfile_text(req: BuildRequest) -> str:

@@ -26,6 +26,8 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -35,6 +37,7 @@ from buildpy.registry import refusal
 from snapshotter.overlay import Snapshotter
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
+_USERINFO = re.compile(r"://[^/@\s]+@")
 
 
 class GitError(BuildpyError):
@@ -57,6 +60,17 @@ def _host(remote: str) -> str:
     return urlsplit(remote).hostname or ""
 
 
+def _shown(remote: str) -> str:
+    """``remote`` for messages: a password or token in its URL is not shown."""
+    parts = urlsplit(remote)
+    if parts.password is None and not (parts.username and parts.scheme != "ssh"):
+        return remote
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return parts._replace(netloc=f"***@{host}").geturl()
+
+
 def _git(*args: str, cwd: Path | None = None, what: str) -> str:
     env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="true")
     try:
@@ -67,6 +81,7 @@ def _git(*args: str, cwd: Path | None = None, what: str) -> str:
         raise GitError(f"{what}: the git command is not installed") from None
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+        last = _USERINFO.sub("://***@", last)  # git may quote the URL it was given
         raise GitError(f"{what}: git {args[0]} failed: {last}")
     return proc.stdout
 
@@ -93,7 +108,7 @@ class GitSources:
             resolved = Resolved(ref)
         else:
             self._check_allowed(remote)
-            what = f"ADD {remote}#{ref}" if ref else f"ADD {remote}"
+            what = f"ADD {_shown(remote)}#{ref}" if ref else f"ADD {_shown(remote)}"
             wanted = ref or "HEAD"
             out = _git("ls-remote", remote, wanted, what=what)
             commit = _pick(out, wanted)
@@ -113,7 +128,7 @@ class GitSources:
     ) -> str:
         """The committed snapshot of the tree (see the module docstring)."""
         commit = self.resolve(remote, ref).commit
-        what = f"ADD {remote}#{ref}" if ref else f"ADD {remote}"
+        what = f"ADD {_shown(remote)}#{ref}" if ref else f"ADD {_shown(remote)}"
         if checksum is not None and not commit.startswith(checksum):
             raise GitError(
                 f"{what}: checksum mismatch: expected {checksum}, got {commit}"
@@ -125,31 +140,71 @@ class GitSources:
 
         def fill(fs: Path) -> None:
             self._check_allowed(remote)
-            self._tmp_dir.mkdir(parents=True, exist_ok=True)
-            work = Path(tempfile.mkdtemp(prefix="git-", dir=self._tmp_dir))
-            try:
-                repo = work / "repo"
-                # TODO: fetch just the one commit (--depth 1) where the server
-                # allows it; a whole clone works with every server and transport
-                # (the dumb HTTP one too), only slower for a long history.
-                _git("clone", "--quiet", "--no-checkout", remote, str(repo), what=what)
-                _git("checkout", "--quiet", "--detach", commit, cwd=repo, what=what)
-                stamp = int(
-                    _git("show", "-s", "--format=%ct", commit, cwd=repo, what=what)
-                )
-                tree = (repo / subdir) if subdir else repo
-                if not tree.is_dir() or tree.resolve() != tree.absolute():
-                    raise GitError(f"{what}: no directory {subdir!r} in {commit}")
-                if not keep_git_dir:
-                    shutil.rmtree(repo / ".git", ignore_errors=True)
-                for entry in tree.iterdir():
-                    os.rename(entry, fs / entry.name)
-                _stamp(fs, stamp)
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
+            checkout(remote, commit, subdir, keep_git_dir, fs, self._tmp_dir, what)
 
         self._snapshots.create_committed(name, None, fill)
         return name
+
+
+def checkout(
+    remote: str,
+    commit: str,
+    subdir: str,
+    keep_git_dir: bool,
+    dest: Path,
+    tmp_dir: Path,
+    what: str,
+) -> None:
+    """The ``subdir`` of ``commit``'s tree into the empty directory ``dest``,
+    every mtime the commit's time; ``.git`` only with ``keep_git_dir``."""
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="git-", dir=tmp_dir))
+    try:
+        repo = work / "repo"
+        # TODO: fetch just the one commit (--depth 1) where the server allows
+        # it; a whole clone works with every server and transport (the dumb
+        # HTTP one too), only slower for a long history.
+        _git("clone", "--quiet", "--no-checkout", remote, str(repo), what=what)
+        _git("checkout", "--quiet", "--detach", commit, cwd=repo, what=what)
+        stamp = int(_git("show", "-s", "--format=%ct", commit, cwd=repo, what=what))
+        tree = (repo / subdir) if subdir else repo
+        if not tree.is_dir() or tree.resolve() != tree.absolute():
+            raise GitError(f"{what}: no directory {subdir!r} in {commit}")
+        if not keep_git_dir:
+            shutil.rmtree(repo / ".git", ignore_errors=True)
+        for entry in tree.iterdir():
+            os.rename(entry, dest / entry.name)
+        _stamp(dest, stamp)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@contextmanager
+def git_context(url: str, tmp_dir: Path) -> Iterator[Path]:
+    """``buildpy build URL#REF:SUBDIR``: the context, checked out into a
+    directory under ``tmp_dir`` that is removed on the way out, as docker
+    build takes a repository for its context. The subdirectory keeps
+    ``.git`` out, as BuildKit's git context does unless asked."""
+    remote, _, fragment = url.partition("#")
+    ref, _, subdir = fragment.partition(":")
+    what = f"build context {_shown(remote)}" + (f"#{fragment}" if fragment else "")
+    reason = refusal(_host(remote))
+    if reason is not None:
+        raise GitError(f"{what}: {reason}")
+    wanted = ref or "HEAD"
+    if _COMMIT.fullmatch(ref):
+        commit = ref
+    else:
+        commit = _pick(_git("ls-remote", remote, wanted, what=what), wanted) or ""
+        if not commit:
+            raise GitError(f"{what}: no branch or tag {wanted!r} in the repository")
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    where = Path(tempfile.mkdtemp(prefix="git-context-", dir=tmp_dir))
+    try:
+        checkout(remote, commit, subdir.strip("/"), False, where, tmp_dir, what)
+        yield where
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
 
 
 def _pick(ls_remote: str, wanted: str) -> str | None:

@@ -604,9 +604,12 @@ def _parser() -> Any:
 
 def context_plan(argv: list[str]) -> int:
     """The context and Dockerfile paths of a build's argv, as JSON on stdout."""
+    from frontend import is_git_source
+
     args = _parser().parse_args(argv)  # --help, bad flags: the parser's exit
     answer: dict[str, Any] = {"context": None, "dockerfile": None}
-    if args.command == "build":
+    if args.command == "build" and not is_git_source(args.context):
+        # A git context is the daemon's to fetch, as buildkitd fetches one.
         answer["context"] = str(args.context)
         answer["dockerfile"] = str(args.file) if args.file else None
     json.dump(answer, sys.stdout)

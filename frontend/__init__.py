@@ -7,6 +7,7 @@ from frontend.convert import (
     NamedContext,
     ResolvedImage,
     convert,
+    is_git_source,
 )
 from frontend.dockerignore import IgnoreMatcher, read_dockerignore
 from frontend.errors import DockerfileError
@@ -28,6 +29,7 @@ __all__ = [
     "convert",
     "debug_ast",
     "dump_ast",
+    "is_git_source",
     "parse",
     "process_word",
     "process_words",

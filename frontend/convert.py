@@ -73,7 +73,7 @@ from solver.graph import (
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # A git source, as BuildKit tells one from a URL of a file.
-_GIT_SOURCE = r"^git://|^git@|^ssh://|^https?://[^#]*\.git(#.*)?$"
+_GIT_SOURCE = re.compile(r"^git://|^git@|^ssh://|^https?://[^#]*\.git(#.*)?$")
 PIPES_DIR = "/dev/pipes"  # where a RUN's #! heredoc script is mounted (BuildKit's)
 DEFAULT_SHELL = ("/bin/sh", "-c")
 HISTORY_COMMENT = "buildkit.dockerfile.v0"
@@ -84,6 +84,12 @@ _PROXY_ARGS = frozenset(
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY")
     for f in (str.upper, str.lower)
 )
+
+
+def is_git_source(text: str) -> bool:
+    """Whether ``text`` names a git repository (ADD's source, build's context)
+    rather than a path or the URL of a file, as BuildKit tells them apart."""
+    return _GIT_SOURCE.match(text) is not None
 
 
 @dataclass(frozen=True)
@@ -879,7 +885,7 @@ class _Converter:
                 files.append((doc.name, data))
                 continue
             source = self.expand(word, env, fail)
-            if re.match(_GIT_SOURCE, source):
+            if is_git_source(source):
                 if not is_add:
                     fail("source can't be a git ref for COPY")
                 gits.append(source)

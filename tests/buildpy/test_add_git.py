@@ -129,3 +129,46 @@ def test_add_git_checksum_and_errors(
     away = busybox.build(context, check=False)
     assert away.returncode == 1
     assert "refusing to contact example.invalid" in away.stderr
+
+
+def test_a_git_repository_is_a_build_context(
+    busybox: Buildpy, repo: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, work = repo
+    (work / "sub" / "Dockerfile").write_text("FROM busybox\nCOPY x.txt /x\n")
+    (work / "sub" / "Dockerfile.other").write_text("FROM busybox\nCOPY . /all/\n")
+    git("add", ".", cwd=work)
+    git("commit", "-q", "-m", "dockerfiles", cwd=work)
+    push(work, tmp_path / "served" / "repo.git")
+
+    context = f"{url}#main:sub"  # a URL: Buildpy.build would take it for a path
+
+    def build(*flags: str) -> str:
+        return busybox.run("build", "--progress", "plain", *flags, context).stderr
+
+    out = tmp_path / "out"
+    build("-o", f"type=local,dest={out}")
+    assert (out / "x").read_text() == "x one\n"
+    assert int((out / "x").stat().st_mtime) == COMMIT_TIME  # the commit's time
+    # -f names a file of the repository's context; no .git in the context.
+    other = tmp_path / "other"
+    build("-f", "Dockerfile.other", "-o", f"type=local,dest={other}")
+    assert sorted(p.name for p in (other / "all").iterdir()) == [
+        "Dockerfile", "Dockerfile.other", "x.txt",
+    ]  # fmt: skip
+    # A second build of the same commit is all cached; nothing is left behind.
+    again = build()
+    assert "cache miss" not in again
+    assert list((busybox.root / "tmp").iterdir()) == []
+
+    for bad, says in [
+        (f"{url}#nope", "build context http://127.0.0.1:"),
+        (
+            "https://user:s3cret@example.invalid/x/repo.git",
+            "build context https://***@example.invalid/x/repo.git: refusing to",
+        ),
+    ]:
+        failed = busybox.run("build", bad, check=False)
+        assert failed.returncode == 1, failed.stderr
+        assert failed.stderr.startswith(f"ERROR: {says}"), failed.stderr
+        assert "s3cret" not in failed.stderr and "Traceback" not in failed.stderr

@@ -7,6 +7,7 @@ the daemon's first line names the port)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from buildpy import remoteclient
+from tests.buildpy.test_add_git import _Quiet, git
 from tests.buildpy.test_daemon import (
     Daemon,
     client_imports,
@@ -25,7 +27,7 @@ from tests.buildpy.test_daemon import (
     start_daemon,
 )
 from tests.buildpy.test_stdin import PIPED, context_archive, stdin_file
-from tests.conftest import Buildpy, mounts_under, write_context
+from tests.conftest import Buildpy, http_server, mounts_under, write_context
 
 SDE = {"SOURCE_DATE_EPOCH": "1700000000"}  # the same image ID from two builds
 
@@ -349,6 +351,26 @@ def test_stdin_over_tcp_matches_embedded(
         "ERROR: load: stdin does not reach a daemon over TCP; give -i FILE, "
         "a path on the daemon's machine\n",
     )
+
+
+def test_a_git_context_is_fetched_by_the_daemon(
+    busybox: Buildpy, tcp_daemon: TcpDaemon, certs: Path, tmp_path
+):
+    """As buildkitd fetches one: no context travels, the daemon clones."""
+    work = tmp_path / "work"
+    write_context(work, {"Dockerfile": "FROM busybox\nCOPY a /a\n", "a": "git\n"})
+    git("init", "-q", "-b", "main", cwd=work)
+    git("add", ".", cwd=work)
+    git("commit", "-q", "-m", "one", cwd=work)
+    served = tmp_path / "served"
+    git("clone", "-q", "--bare", str(work), str(served / "r.git"), cwd=tmp_path)
+    git("update-server-info", cwd=served / "r.git")
+    with http_server(functools.partial(_Quiet, directory=str(served))) as port:
+        url = f"http://127.0.0.1:{port}/r.git#main"
+        remote = over_tcp(busybox, tcp_daemon, certs, "build", "-q", url, env=SDE)
+        local = busybox.run("build", "-q", url, env=SDE)
+    assert remote.stdout == local.stdout
+    assert tcp_daemon.received() == []  # no context was sent
 
 
 def test_scanner_reads_only_changed_files(tmp_path, monkeypatch):
