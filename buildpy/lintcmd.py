@@ -17,7 +17,7 @@ from typing import Any
 from buildpy import errors
 from buildpy.engine import host_platform
 from buildpy.errors import UsageError
-from frontend import DockerfileError, read_dockerignore
+from frontend import DockerfileError, is_git_source, read_dockerignore
 from frontend.lint import LintResult, lint
 
 
@@ -35,7 +35,12 @@ def _ignore_patterns(dockerfile: Path, context: Path) -> list[str]:
 def _targets(args: argparse.Namespace) -> list[tuple[Path, Path]]:
     """(Dockerfile, context) pairs to check."""
     if args.command == "build":
-        return [(args.file or args.context / "Dockerfile", args.context)]
+        context = Path(args.context)
+        if "-" in (args.context, str(args.file)) or is_git_source(args.context):
+            # TODO: --check of a Dockerfile from stdin or of a git context; a
+            # directory covers the pre-commit and CI uses it was made for.
+            raise UsageError("--check reads a Dockerfile from a directory context")
+        return [(args.file or context / "Dockerfile", context)]
     files = [*args.file, *args.files] or [Path("Dockerfile")]
     return [(f, f.parent) for f in files]
 
