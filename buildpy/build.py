@@ -34,7 +34,7 @@ from frontend import (
     read_dockerignore,
 )
 from runtime import find_executor
-from solver.graph import ExecOp
+from solver.graph import ExecOp, reachable
 from solver.keylock import KeyLocks
 from solver.scheduler import Solver, SolveResult
 
@@ -95,14 +95,7 @@ def _insecure_without_allow(req: BuildRequest, plan: BuildPlan, name: str) -> No
     allows it (--allow security.insecure), as in buildx; else the build stops."""
     if "security.insecure" in req.allow:
         return
-    seen: set[str] = set()
-    stack = [plan.final]
-    while stack:
-        vertex = stack.pop()
-        if vertex.digest in seen:
-            continue
-        seen.add(vertex.digest)
-        stack.extend(vertex.inputs)
+    for vertex in reachable(plan.final):
         op = vertex.op
         if isinstance(op, ExecOp) and op.security == "insecure":
             where = f"{name}:{vertex.meta.lines[0]}: " if vertex.meta.lines else ""

@@ -654,16 +654,10 @@ def source_patterns(final: Any) -> list[list[list[str]]]:
     filepath.Match, as buildpy.fileops matches it)."""
     from buildpy import fileops
     from buildpy.mounts import CONTEXT_RESULT, context_reads
+    from solver.graph import reachable
 
     out: list[list[list[str]]] = []
-    seen: set[str] = set()
-    stack = [final]
-    while stack:
-        vertex = stack.pop()
-        if vertex.digest in seen:
-            continue
-        seen.add(vertex.digest)
-        stack.extend(vertex.inputs)
+    for vertex in reachable(final):
         # Only the main context travels; a --build-context DIR is the daemon's.
         actions = [a for name, a in context_reads(vertex) if name == CONTEXT_RESULT]
         for action in actions:

@@ -323,6 +323,19 @@ class Vertex:
         return f"Vertex({self.op.kind}, {self.digest[7:19]}, {self.meta.name!r})"
 
 
+def reachable(final: Vertex) -> Iterator[Vertex]:
+    """``final`` and every vertex below it, each once (by digest)."""
+    seen: set[str] = set()
+    stack = [final]
+    while stack:
+        vertex = stack.pop()
+        if vertex.digest in seen:
+            continue
+        seen.add(vertex.digest)
+        yield vertex
+        stack.extend(vertex.inputs)
+
+
 class BuildGraph:
     """The vertices reachable from one or more final vertices, as a DAG.
 
@@ -340,7 +353,7 @@ class BuildGraph:
             self.add(final)
 
     def add(self, final: Vertex) -> None:
-        for vertex in self._walk(final):
+        for vertex in reachable(final):
             if vertex.digest in self._vertices:
                 continue
             self._vertices[vertex.digest] = vertex
@@ -348,17 +361,6 @@ class BuildGraph:
                 self._readers.setdefault(inp, []).append(vertex.digest)
         self.finals = (*self.finals, self.vertex(final.digest))
         self._order = None
-
-    def _walk(self, final: Vertex) -> Iterator[Vertex]:
-        seen: set[str] = set()
-        stack = [final]
-        while stack:
-            vertex = stack.pop()
-            if vertex.digest in seen:
-                continue
-            seen.add(vertex.digest)
-            yield vertex
-            stack.extend(vertex.inputs)
 
     def vertex(self, digest: str) -> Vertex:
         try:
