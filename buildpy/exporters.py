@@ -82,12 +82,18 @@ class Output:
                 )
             fields[key.strip()] = value.strip()
         kind = fields.pop("type", "")
-        if kind not in ("oci", "docker", "local", "tar", "image"):
+        if kind not in ("oci", "docker", "local", "tar", "image", "registry"):
             raise UsageError(
                 f"invalid --output {text!r}: type must be one of "
-                "oci, docker, local, tar, image"
+                "oci, docker, local, tar, image, registry"
             )
         dest = fields.pop("dest", None)
+        if kind == "registry":  # buildx's shorthand for type=image,push=true
+            kind = "image"
+            fields["push"] = "true"
+        elif kind == "docker" and not dest:
+            # buildx loads such an image into docker's store; here, ours.
+            kind = "image"
         if kind != "image" and not dest:
             raise UsageError(f"invalid --output {text!r}: type={kind} needs dest=PATH")
         if kind == "local" and dest == STDOUT:

@@ -141,6 +141,22 @@ def test_annotations_reach_the_manifest_everywhere_it_goes(
         assert proc.returncode == 2 and says in proc.stderr
 
 
+def test_output_shorthands_registry_and_docker_without_dest(
+    busybox: Buildpy, registry: Registry, tmp_path: Path
+):
+    ref = f"{registry.host}/shorthand:1"
+    context = write_context(
+        tmp_path / "ctx", {"Dockerfile": "FROM busybox\nRUN echo s > /s\n"}
+    )
+    # As buildx: type=registry pushes; type=docker without dest loads (here,
+    # into the local store, where buildx loads into docker's).
+    busybox.build(context, "-o", f"type=registry,name={ref}")
+    assert skopeo_inspect(ref, raw=True)["layers"]
+    busybox.build(context, "-t", "loaded:1", "-o", "type=docker")
+    pushed = skopeo_inspect(ref, raw=True)["config"]["digest"]
+    assert local_image(busybox, "loaded:1")["Id"] == pushed  # the same image
+
+
 def test_from_pulls_by_digest_when_the_store_lacks_it(
     busybox: Buildpy, second: Buildpy, registry: Registry, tmp_path: Path
 ):
