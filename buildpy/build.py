@@ -291,6 +291,7 @@ def _export(
             kind=out.type,
             names=req.tags + ([out.name] if out.name else []),
             compression=out.layer_compression(),
+            tar=out.tar,
         )
     elif out.type == "tar":
         assert out.dest is not None

@@ -51,6 +51,7 @@ class Output:
     push: bool = False
     compression_level: int | None = None
     force_compression: bool = False
+    tar: bool = True  # oci/docker: false writes the layout as a directory
 
     def layer_compression(self) -> LayerCompression | None:
         """The compression options given (None when none was: the type's own
@@ -111,6 +112,14 @@ class Output:
         )
         name = fields.pop("name", None)
         push = fields.pop("push", "false").lower() in ("true", "1")
+        tar = fields.pop("tar", "true").lower() not in ("false", "0")
+        if not tar and kind not in ("oci", "docker"):
+            raise UsageError(
+                f"invalid --output {text!r}: tar=false is for type=oci and "
+                "type=docker, whose image layout it writes as a directory"
+            )
+        if not tar and dest == STDOUT:
+            raise UsageError(f"invalid --output {text!r}: a directory is not stdout")
         if fields:
             raise UsageError(
                 f"invalid --output {text!r}: unknown key {next(iter(fields))!r}"
@@ -123,6 +132,7 @@ class Output:
             push=push,
             compression_level=options.level,
             force_compression=options.force,
+            tar=tar,
         )
 
 
@@ -335,9 +345,11 @@ def write_archive(
     kind: str,
     names: list[str],
     compression: str | LayerCompression | None,
+    tar: bool = True,
 ) -> str:
-    """An OCI image layout in a tar, with docker's manifest.json beside it so that
-    both OCI tools and ``docker load`` read it. ``kind`` "docker" defaults to
+    """An OCI image layout in a tar (or, ``tar`` False, a directory), with
+    docker's manifest.json beside it so that both OCI tools and ``docker
+    load`` read it. ``kind`` "docker" defaults to
     uncompressed layers, all of them (as ``docker save``), "oci" to gzip; base
     layers keep their blobs unless forced (buildpy/layerblobs.py). Returns the
     digest of the manifest written."""
@@ -389,7 +401,8 @@ def write_archive(
         }
     ]
     blobs = [config_digest, manifest_digest, *(d for d, _ in layers)]
-    write_layout_tar(engine, dest, index, docker_manifest, blobs)
+    write = write_layout_tar if tar else write_layout_dir
+    write(engine, dest, index, docker_manifest, blobs)
     return manifest_digest
 
 
@@ -417,6 +430,34 @@ def write_layout_tar(
             info.mode = 0o644
             with engine.content.open(digest) as blob:
                 tar.addfile(info, blob)
+
+
+def write_layout_dir(
+    engine: Engine,
+    dest: Path,
+    index: dict[str, Any],
+    docker_manifest: list[dict[str, Any]],
+    blobs: Iterable[str],
+) -> None:
+    """The same layout as ``write_layout_tar``, as the directory ``dest``
+    (``-o type=oci,tar=false``). Blobs already there are kept (their names are
+    their digests); index.json is written last, so the layout names the image
+    only once everything it needs is in place."""
+    blob_dir = dest / "blobs" / "sha256"
+    blob_dir.mkdir(parents=True, exist_ok=True)
+    for digest in dict.fromkeys(blobs):
+        target = blob_dir / digest.removeprefix("sha256:")
+        if target.exists():
+            continue
+        with _atomic_file(target) as f:
+            engine.content.copy_to(digest, f)
+    for name, data in (
+        ("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
+        ("manifest.json", json.dumps(docker_manifest).encode()),
+        ("index.json", json.dumps(index, separators=(",", ":")).encode()),
+    ):
+        with _atomic_file(dest / name) as f:
+            f.write(data)
 
 
 def _qualified(ref: str) -> str:

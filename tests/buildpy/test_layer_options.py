@@ -330,3 +330,36 @@ def test_squash_makes_one_layer_of_the_same_files(busybox: Buildpy, tmp_path: Pa
     again = tmp_path / "again.tar"
     busybox.build(ctx, "--squash", "-t", "app:again", "-o", f"type=oci,dest={again}")
     assert _tree(_umoci_unpack(again, "again", tmp_path / "again")) == trees["plain"]
+
+
+def test_an_oci_layout_as_a_directory(busybox: Buildpy, tmp_path: Path):
+    if shutil.which("umoci") is None:
+        pytest.skip("umoci is not installed")
+    ctx = write_context(
+        tmp_path / "ctx", {"Dockerfile": "FROM busybox\nRUN echo 1 > /1\n"}
+    )
+    layout = tmp_path / "layout"
+    busybox.build(ctx, "-t", "app:1", "-o", f"type=oci,dest={layout},tar=false")
+    assert (layout / "oci-layout").is_file() and (layout / "index.json").is_file()
+    inspected = subprocess.run(
+        ["skopeo", "inspect", f"oci:{layout}:1"], capture_output=True, text=True
+    )
+    assert inspected.returncode == 0, inspected.stderr
+    bundle = tmp_path / "bundle"
+    subprocess.run(
+        ["umoci", "unpack", "--image", f"{layout}:1", str(bundle)],
+        check=True,
+        capture_output=True,
+    )
+    assert (bundle / "rootfs/1").read_text() == "1\n"
+    # The same build again: the blobs there are kept, the index written anew.
+    blobs = {p: p.stat().st_mtime_ns for p in (layout / "blobs/sha256").iterdir()}
+    busybox.build(ctx, "-t", "app:1", "-o", f"type=oci,dest={layout},tar=false")
+    assert {p: p.stat().st_mtime_ns for p in blobs} == blobs
+
+    for bad, says in [
+        (f"type=local,dest={tmp_path / 'x'},tar=false", "tar=false is for type=oci"),
+        ("type=oci,dest=-,tar=false", "a directory is not stdout"),
+    ]:
+        proc = busybox.build(ctx, "-o", bad, check=False)
+        assert proc.returncode == 2 and says in proc.stderr, proc.stderr
