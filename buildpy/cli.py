@@ -117,6 +117,12 @@ def _annotation(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _call(text: str) -> tuple[str, str]:
+    from buildpy.callcmd import parse_call
+
+    return parse_call(text)
+
+
 def _shm_size(text: str) -> int:
     """--shm-size: bytes, or a number with a unit (128m: 1024-based, as docker)."""
     from buildpy.cachecmds import parse_size
@@ -347,6 +353,14 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--check", action="store_true", help="run the build checks only, build nothing"
     )
+    build.add_argument(
+        "--call",
+        type=_call,
+        default=("build", "text"),
+        metavar="build|check|outline|targets[,format=json]",
+        help="targets: list the stages; outline: the target's build args, "
+        "secrets and ssh; check: as --check",
+    )
     from buildpy import cachecmds  # the cache flags and commands (issue 4)
 
     cachecmds.add_build_flags(build)
@@ -467,6 +481,13 @@ def main(argv: Sequence[str] | None = None, *, forwarded: bool = False) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     root: Path | None = getattr(args, "root", None)
+    if args.command == "build" and args.call[0] in ("outline", "targets"):
+        from buildpy.callcmd import call_command
+
+        return call_command(args)
+    if args.command == "build" and args.call[0] == "check":
+        args.check = True
+        args.format = args.call[1]
     if args.command == "lint" or (args.command == "build" and args.check):
         from buildpy.lintcmd import lint_command
 

@@ -32,15 +32,20 @@ def _ignore_patterns(dockerfile: Path, context: Path) -> list[str]:
     return []
 
 
+def build_dockerfile(args: argparse.Namespace) -> Path:
+    """The Dockerfile of a ``build`` command line that builds nothing
+    (``--check``, ``--call``)."""
+    if "-" in (args.context, str(args.file)) or is_git_source(args.context):
+        # TODO: --check and --call of a Dockerfile from stdin or of a git
+        # context; a directory covers the pre-commit and CI uses they serve.
+        raise UsageError("--check and --call read a Dockerfile of a directory context")
+    return args.file or Path(args.context) / "Dockerfile"
+
+
 def _targets(args: argparse.Namespace) -> list[tuple[Path, Path]]:
     """(Dockerfile, context) pairs to check."""
     if args.command == "build":
-        context = Path(args.context)
-        if "-" in (args.context, str(args.file)) or is_git_source(args.context):
-            # TODO: --check of a Dockerfile from stdin or of a git context; a
-            # directory covers the pre-commit and CI uses it was made for.
-            raise UsageError("--check reads a Dockerfile from a directory context")
-        return [(args.file or context / "Dockerfile", context)]
+        return [(build_dockerfile(args), Path(args.context))]
     files = [*args.file, *args.files] or [Path("Dockerfile")]
     return [(f, f.parent) for f in files]
 

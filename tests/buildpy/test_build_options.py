@@ -258,6 +258,41 @@ def _has_cap_sys_resource() -> bool:
     return bool(int(status.split("CapEff:")[1].split()[0], 16) >> 24 & 1)
 
 
+def test_call_targets_and_outline_build_nothing(buildpy: Buildpy, tmp_path):
+    context = write_context(
+        tmp_path / "ctx",
+        {
+            "Dockerfile": "ARG V=1\n# base the first stage\nFROM nothere:${V} AS base\n"
+            "# WHO who to greet\nARG WHO=world\n"
+            "RUN --mount=type=secret,id=tok,required=true echo $WHO\n"
+            "FROM base\n"
+        },
+    )
+    targets = buildpy.build(context, "--call", "targets").stdout
+    assert targets == (
+        "TARGET        DESCRIPTION\nbase          the first stage\n1 (default)\n"
+    )
+    text = buildpy.build(context, "--call", "outline", "--build-arg", "V=2").stdout
+    assert text.splitlines() == [
+        "TARGET:      1",
+        "",
+        "BUILD ARG   VALUE   DESCRIPTION",
+        "V           2",
+        "WHO         world   who to greet",
+        "",
+        "SECRET   REQUIRED",
+        "tok      true",
+    ]
+    as_json = json.loads(buildpy.build(context, "--call=outline,format=json").stdout)
+    assert as_json["secrets"] == [["tok", True]]
+    # Nothing was built or pulled: the store holds no image (nothere:2 is none).
+    assert buildpy.run("images").stdout.count("\n") == 1
+    bad = buildpy.build(context, "--call", "outline", "--target", "nope", check=False)
+    assert bad.returncode == 3 and "target stage 'nope' could not be found" in (
+        bad.stderr
+    )
+
+
 def test_attestation_flags_take_only_no(busybox: Buildpy, tmp_path):
     context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM busybox\n"})
     for flag in ("--provenance=false", "--sbom=0", "--provenance=disabled=true"):
