@@ -419,9 +419,8 @@ def write_layout_tar(
         _atomic_file(dest) as f,
         tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
-        _add_bytes(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-        _add_bytes(tar, "index.json", json.dumps(index, separators=(",", ":")).encode())
-        _add_bytes(tar, "manifest.json", json.dumps(docker_manifest).encode())
+        for name, data in _layout_files(index, docker_manifest):
+            _add_bytes(tar, name, data)
         _add_dir(tar, "blobs/")
         _add_dir(tar, "blobs/sha256/")
         for digest in dict.fromkeys(blobs):
@@ -451,13 +450,21 @@ def write_layout_dir(
             continue
         with _atomic_file(target) as f:
             engine.content.copy_to(digest, f)
-    for name, data in (
+    # index.json last: _layout_files names it last.
+    for name, data in _layout_files(index, docker_manifest):
+        with _atomic_file(dest / name) as f:
+            f.write(data)
+
+
+def _layout_files(
+    index: dict[str, Any], docker_manifest: list[dict[str, Any]]
+) -> list[tuple[str, bytes]]:
+    """The files of an image layout beside its blobs, index.json last."""
+    return [
         ("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
         ("manifest.json", json.dumps(docker_manifest).encode()),
         ("index.json", json.dumps(index, separators=(",", ":")).encode()),
-    ):
-        with _atomic_file(dest / name) as f:
-            f.write(data)
+    ]
 
 
 def _qualified(ref: str) -> str:
