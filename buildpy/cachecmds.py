@@ -199,6 +199,14 @@ def apply_build_flags(args: argparse.Namespace, req: Any) -> None:
     req.no_cache_filter = list(args.no_cache_filter)
     req.fail_on_cache_miss = args.fail_on_cache_miss
     req.dry_run = args.dry_run
+    inline = req.build_args.get("BUILDKIT_INLINE_CACHE", "")
+    if inline.lower() not in ("", "0", "false") and not any(
+        c.type == "inline" for c in req.cache_to
+    ):
+        # BuildKit's older spelling of --cache-to type=inline, still in CI scripts.
+        from buildpy.cacheio import parse_cache_to
+
+        req.cache_to.append(parse_cache_to("type=inline"))
     if args.graph is not None:
         from buildpy.report import graph_format
 

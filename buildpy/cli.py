@@ -22,9 +22,28 @@ PROGRESS_MODES = ("auto", "plain", "tty", "quiet", "rawjson")
 
 
 class _Parser(argparse.ArgumentParser):
+    # Boolean flags taken and dropped before parsing: ``--rm``, ``--rm=false``
+    # (as Go's flag package reads them: never the next word as their value).
+    ignored_flags: tuple[str, ...] = ()
+
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(errors.EXIT_USAGE, f"buildpy: error: {message}\n")
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self.ignored_flags and args is not None:
+            args = [a for a in args if not self._ignored(a)]
+        return super().parse_known_args(args, namespace)
+
+    def _ignored(self, token: str) -> bool:
+        flag, sep, value = token.partition("=")
+        if flag not in self.ignored_flags:
+            return False
+        if sep and value.lower() not in ("true", "false", "1", "0"):
+            self.error(f"argument {flag}: {value!r} is not true or false")
+        return True
 
 
 def _key_value(text: str) -> tuple[str, str]:
@@ -305,6 +324,10 @@ def make_parser() -> argparse.ArgumentParser:
         help="security.insecure: let RUN --security=insecure run privileged; "
         "network.host (RUN steps use the host's network already)",
     )
+    # The classic builder's flags that docker build still takes and BuildKit
+    # ignores; CI scripts pass them. Taken here as well, and ignored: no
+    # intermediate containers remain, and images are not signed.
+    build.ignored_flags = ("--rm", "--force-rm", "--disable-content-trust")
     build.add_argument(
         "--squash",
         action="store_true",

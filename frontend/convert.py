@@ -92,6 +92,13 @@ def is_git_source(text: str) -> bool:
     return _GIT_SOURCE.match(text) is not None
 
 
+def _for_the_builder(name: str) -> bool:
+    """Build args that speak to the builder, not to the Dockerfile
+    (BUILDKIT_INLINE_CACHE, BUILDKIT_DOCKERFILE_CHECK, SOURCE_DATE_EPOCH):
+    never "not used"."""
+    return name.startswith("BUILDKIT_") or name == "SOURCE_DATE_EPOCH"
+
+
 @dataclass(frozen=True)
 class ResolvedImage:
     ref: str  # normalized name as given, e.g. "busybox:latest"
@@ -1238,7 +1245,9 @@ class _Converter:
         # Step 4: the plan of the target stage.
         final = self.stages[target.index]
         for name in sorted(set(self.build_args) - self.used_args):
-            if name not in _PROXY_ARGS and name not in self.predefined_args():
+            if name in _PROXY_ARGS or name in self.predefined_args():
+                continue
+            if not _for_the_builder(name):
                 self.warnings.append(f"build arg {name} was not used")
         return BuildPlan(
             final=final.root,

@@ -293,6 +293,23 @@ def test_call_targets_and_outline_build_nothing(buildpy: Buildpy, tmp_path):
     )
 
 
+def test_classic_builder_flags_are_taken_and_ignored(busybox: Buildpy, tmp_path):
+    """docker build still takes --rm, --force-rm and --disable-content-trust
+    (BuildKit ignores them); scripts pass them, in Go's flag forms."""
+    context = write_context(
+        tmp_path / "ctx", {"Dockerfile": "FROM busybox\nRUN echo 1 > /1\n"}
+    )
+    plain = busybox.build(context, "-q").stdout  # dated by its step: one ID
+    # --rm before the context: the context is not taken for its value.
+    taken = busybox.run(
+        "build", "-q", "--force-rm=true", "--disable-content-trust", "--rm", context
+    )
+    assert taken.stdout == plain
+    assert busybox.run("build", "-q", "--rm=false", context).stdout == plain
+    bad = busybox.run("build", "--rm=maybe", context, check=False)
+    assert bad.returncode == 2 and "--rm: 'maybe' is not true or false" in bad.stderr
+
+
 def test_attestation_flags_take_only_no(busybox: Buildpy, tmp_path):
     context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM busybox\n"})
     for flag in ("--provenance=false", "--sbom=0", "--provenance=disabled=true"):

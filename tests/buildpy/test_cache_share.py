@@ -329,12 +329,24 @@ def test_registry_export_import(
     assert _image(other, "app") == _image(busybox, "app")
 
 
+@pytest.mark.parametrize(
+    "asked",
+    [
+        ("--cache-to", "type=inline"),
+        ("--build-arg", "BUILDKIT_INLINE_CACHE=1"),  # BuildKit's older spelling
+    ],
+)
 def test_inline_cache_in_a_pushed_image(
-    busybox: Buildpy, other: Buildpy, registry: Registry, tmp_path: Path
+    busybox: Buildpy,
+    other: Buildpy,
+    registry: Registry,
+    tmp_path: Path,
+    asked: tuple[str, str],
 ) -> None:
     ctx = _context(tmp_path)
     ref = f"{registry.host}/share/app:{tmp_path.name[-12:].lower()}"
-    busybox.build(ctx, "-t", ref, "--cache-to", "type=inline", "--push")
+    pushed = busybox.build(ctx, "-t", ref, *asked, "--push").stderr
+    assert "was not used" not in pushed  # the builder's arg, not the Dockerfile's
     config = _inspect(busybox, ref)
     assert INLINE_FIELD in json.dumps(config)
 

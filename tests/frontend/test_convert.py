@@ -171,6 +171,18 @@ def test_global_args_build_args_and_history_prefix() -> None:
     assert plan.warnings == ["build arg NOPE was not used"]
 
 
+def test_the_builders_own_build_args_are_never_unused() -> None:
+    given = {
+        "BUILDKIT_INLINE_CACHE": "1",
+        "BUILDKIT_DOCKERFILE_CHECK": "skip=all",
+        "SOURCE_DATE_EPOCH": "0",
+        "HTTP_PROXY": "http://proxy",
+        "OTHER": "x",
+    }
+    plan = build("FROM busybox\n", build_args=given)
+    assert plan.warnings == ["build arg OTHER was not used"]
+
+
 def test_global_arg_invisible_in_stage_without_redeclaring() -> None:
     plan = build("ARG X=1\nFROM busybox\nENV Y=${X:-unset}\n")
     assert plan.config["config"]["Env"][-1] == "Y=unset"
