@@ -23,6 +23,7 @@ from buildpy.exporters import (
     write_rootfs_dir,
     write_rootfs_tar,
 )
+from buildpy.ignorefile import ignore_file
 from buildpy.mounts import SecretSource, SSHSource
 from buildpy.progress import Display
 from buildpy.worker import BuildWorker
@@ -158,11 +159,11 @@ def named_contexts(
         path = Path(value)
         if not path.is_dir():
             raise UsageError(f"--build-context {name}={value}: not a directory")
-        ignore_file = path / ".dockerignore"
+        found = ignore_file(path)
         try:
-            text = ignore_file.read_text() if ignore_file.is_file() else ""
+            text = found.read_text() if found is not None else ""
         except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"cannot read {ignore_file}: {exc}") from None
+            raise UsageError(f"cannot read {found}: {exc}") from None
         patterns = read_dockerignore(text)
         frontend[name] = NamedContext(excludes=tuple(patterns))
         rules = IgnoreMatcher(patterns) if patterns else None
@@ -171,15 +172,11 @@ def named_contexts(
 
 
 def read_ignore_patterns(req: BuildRequest, dockerfile: Path) -> list[str]:
-    """``<Dockerfile>.dockerignore`` beside the Dockerfile wins over the context's
-    ``.dockerignore``, as in BuildKit. A Dockerfile from stdin is beside nothing."""
-    candidates = [req.context / ".dockerignore"]
-    if req.dockerfile_text is None:
-        candidates.insert(0, dockerfile.with_name(dockerfile.name + ".dockerignore"))
-    for candidate in candidates:
-        if candidate.is_file():
-            return read_dockerignore(candidate.read_text())
-    return []
+    """The rules of the context's ignore file (buildpy.ignorefile). A
+    Dockerfile from stdin is beside nothing."""
+    beside = dockerfile if req.dockerfile_text is None else None
+    found = ignore_file(req.context, beside)
+    return read_dockerignore(found.read_text()) if found is not None else []
 
 
 async def run_build(engine: Engine, req: BuildRequest, display: Display) -> BuildResult:

@@ -17,19 +17,15 @@ from typing import Any
 from buildpy import errors
 from buildpy.engine import host_platform
 from buildpy.errors import UsageError
+from buildpy.ignorefile import ignore_file
 from frontend import DockerfileError, is_git_source, read_dockerignore
 from frontend.lint import LintResult, lint
 
 
 def _ignore_patterns(dockerfile: Path, context: Path) -> list[str]:
-    """``<Dockerfile>.dockerignore`` beside the Dockerfile, else the context's."""
-    for candidate in (
-        dockerfile.with_name(dockerfile.name + ".dockerignore"),
-        context / ".dockerignore",
-    ):
-        if candidate.is_file():
-            return read_dockerignore(candidate.read_text())
-    return []
+    """The rules of the ignore file the build would read (buildpy.ignorefile)."""
+    found = ignore_file(context, dockerfile)
+    return read_dockerignore(found.read_text()) if found is not None else []
 
 
 def build_dockerfile(args: argparse.Namespace) -> Path:

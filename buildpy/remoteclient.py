@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from buildpy import client
+from buildpy.ignorefile import ignore_file
 from buildpy.tlsaddr import (
     TLSConfigError,
     client_context,
@@ -537,9 +538,9 @@ def _send_context(
         )
         return client.EXIT_USAGE
     path = dockerfile or context / "Dockerfile"
-    ignore_files = [path.with_name(path.name + ".dockerignore")]
+    found = ignore_file(context, None if dockerfile_text is not None else path)
     if dockerfile_text is not None:  # from stdin: beside no other file
-        path, text, ignore_files = Path("Dockerfile"), dockerfile_text, []
+        path, text = Path("Dockerfile"), dockerfile_text
     else:
         try:
             text = path.read_text()
@@ -550,11 +551,7 @@ def _send_context(
         except (OSError, UnicodeDecodeError) as exc:
             print(f"ERROR: cannot read Dockerfile {path}: {exc}", file=sys.stderr)
             return client.EXIT_USAGE
-    ignore = None
-    for candidate in (*ignore_files, context / ".dockerignore"):
-        if candidate.is_file():
-            ignore = candidate.read_text()
-            break
+    ignore = found.read_text() if found is not None else None
     needs = _post_json(
         conn,
         "/context/needs",

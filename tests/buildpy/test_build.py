@@ -387,3 +387,24 @@ def test_the_suite_never_reaches_beyond_loopback(busybox: Buildpy, tmp_path):
     context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM alpine:3\n"})
     line = assert_one_clean_error(busybox.build(context, check=False), 3)
     assert "alpine:3" in line and "refusing to contact" in line
+
+
+def test_containerignore_when_there_is_no_dockerignore(busybox: Buildpy, tmp_path):
+    """buildah's and podman's ignore file is read when docker's is absent; a
+    .dockerignore beside it wins, as docker would read its own."""
+    files = {
+        "Dockerfile": "FROM busybox\nCOPY . /ctx/\n",
+        ".containerignore": "secret\n",
+        "secret": "s\n",
+        "kept": "k\n",
+    }
+    context = write_context(tmp_path / "ctx", files)
+
+    def copied() -> set[str]:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        busybox.build(context, "-o", f"type=local,dest={out}")
+        return {p.name for p in (out / "ctx").iterdir()}
+
+    assert copied() == {"Dockerfile", ".containerignore", "kept"}
+    (context / ".dockerignore").write_text("kept\n")
+    assert copied() == {"Dockerfile", ".containerignore", ".dockerignore", "secret"}

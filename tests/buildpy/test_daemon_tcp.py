@@ -209,7 +209,7 @@ def test_tcp_client_imports_only_the_standard_library(
     )
     assert "buildpy.remoteclient" in imported
     ours = {"buildpy", "buildpy.entry", "buildpy.client"}
-    ours |= {"buildpy.remoteclient", "buildpy.tlsaddr"}
+    ours |= {"buildpy.remoteclient", "buildpy.tlsaddr", "buildpy.ignorefile"}
     assert foreign_modules(imported, ours) == []
 
 
