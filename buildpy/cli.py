@@ -424,6 +424,9 @@ def make_parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("images", parents=[common], help="list the local store")
+    from buildpy import buildhistory
+
+    buildhistory.add_parser(sub, common)
     serve = sub.add_parser(
         "serve", parents=[common], help="run the daemon (buildpy/daemon.py)"
     )
@@ -500,6 +503,11 @@ def main(argv: Sequence[str] | None = None, *, forwarded: bool = False) -> int:
     except BuildpyError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:
+        # The reader of our stdout left (`buildpy builds | head`): nothing to
+        # say to it, and the interpreter must not try to flush to it again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13  # SIGPIPE's, as a shell reports a command it stopped
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -542,6 +550,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         tls["--tlskey"] = getattr(args, "tlskey", None)
         grants = args.allow_insecure_entitlement
         return serve(getattr(args, "addr", None), root, tls, grants)
+    if args.command == "builds":
+        from buildpy.buildhistory import BuildHistory, builds_command
+        from buildpy.state import State
+
+        state = State.open(root)
+        try:
+            return builds_command(args, BuildHistory(state.db, state.lock))
+        finally:
+            state.close()
     if args.command == "images":
         from buildpy.commands import images
 

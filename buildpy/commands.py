@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Iterator
@@ -89,11 +90,13 @@ def build(args: argparse.Namespace, root: Path | None) -> int:
     try:
         with (
             Engine.open(root, verify_cache=args.verify_cache) as engine,
+            _remembered(engine, args, req) as outcome,
             _build_input(engine, req, git_url),
         ):
             result = cachecmds.run_build_locked(
                 engine, args, lambda: run_trio(run_build, engine, req, display)
             )
+            outcome.append(result)
     except CacheMiss as exc:  # --fail-on-cache-miss; the solver raises it as is
         display.close()
         print(f"ERROR: {exc}", file=sys.stderr)
@@ -121,6 +124,57 @@ def build(args: argparse.Namespace, root: Path | None) -> int:
         for name in result.names:
             print(f"naming to {name} done", file=sys.stderr)
     return errors.EXIT_OK
+
+
+@contextmanager
+def _remembered(
+    engine: Engine, args: argparse.Namespace, req: BuildRequest
+) -> Iterator[list[Any]]:
+    """Record the build in the store's history (buildpy.buildhistory) when it
+    ends, whichever way; the caller appends the BuildResult when there is one.
+    A dry run builds nothing and is not recorded."""
+    if req.dry_run:
+        yield []
+        return
+    from buildpy.buildhistory import BuildHistory, BuildRecord, new_id
+
+    outcome: list[Any] = []
+    build = BuildRecord(
+        new_id(),
+        time.time(),
+        0.0,
+        "completed",
+        str(args.context),
+        str(args.file) if args.file else "Dockerfile",
+        req.target or "",
+        list(req.tags),
+    )
+    try:
+        yield outcome
+    except KeyboardInterrupt:
+        build.status = "canceled"
+        raise
+    except BaseException as exc:
+        build.status = "failed"
+        cause = errors.sole(exc.cause) if isinstance(exc, VertexFailed) else exc
+        build.error = str(cause) or type(cause).__name__
+        raise
+    finally:
+        build.ended = time.time()
+        if outcome and outcome[0].image is not None:
+            from buildpy.report import step_report
+
+            result = outcome[0]
+            build.names = list(result.names) or build.names
+            build.image = result.image.config_digest
+            build.report = step_report(None, result.solve)
+            counts = build.report["buildpy.cache"]
+            build.steps = counts["hits"] + counts["misses"]
+            build.cached = counts["hits"]
+        try:
+            BuildHistory(engine.state.db, engine.state.lock).record(build)
+        except sqlite3.Error as exc:  # the build's outcome matters more
+            print(f"WARNING: the build was not recorded: {exc}", file=sys.stderr)
 
 
 @contextmanager

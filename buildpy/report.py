@@ -153,20 +153,29 @@ def metadata(engine: Engine, result: BuildResult) -> dict[str, Any]:
         if result.names:
             # buildx writes the names fully qualified, as containerd stores them.
             out["image.name"] = ",".join(_qualified(n) for n in result.names)
-    all_steps = steps(engine, result.solve)
-    by_digest = {s.vertex.digest: s for s in all_steps}
-    assert result.solve.graph is not None
-    path = critical_path(result.solve.graph, by_digest)
-    out["buildpy.steps"] = [step_entry(s) for s in all_steps]
-    out["buildpy.critical_path"] = {
-        "wall_time": round(sum(s.wall for s in path), 6),
-        "steps": [_name(s.vertex) for s in path],
-    }
-    out["buildpy.cache"] = {
-        "hits": sum(s.status == "cached" for s in all_steps),
-        "misses": sum(s.status in ("ran", "would run") for s in all_steps),
-    }
+    out.update(step_report(engine, result.solve))
     return out
+
+
+def step_report(engine: Engine | None, solved: SolveResult) -> dict[str, Any]:
+    """The ``buildpy.*`` keys of the metadata: the steps, the critical path,
+    the cache's hits and misses. Without ``engine``, no step's bytes are
+    counted (that walks each new snapshot: the build history does without)."""
+    all_steps = steps(engine, solved)
+    by_digest = {s.vertex.digest: s for s in all_steps}
+    assert solved.graph is not None
+    path = critical_path(solved.graph, by_digest)
+    return {
+        "buildpy.steps": [step_entry(s) for s in all_steps],
+        "buildpy.critical_path": {
+            "wall_time": round(sum(s.wall for s in path), 6),
+            "steps": [_name(s.vertex) for s in path],
+        },
+        "buildpy.cache": {
+            "hits": sum(s.status == "cached" for s in all_steps),
+            "misses": sum(s.status in ("ran", "would run") for s in all_steps),
+        },
+    }
 
 
 def graph_document(solved: SolveResult, fmt: str) -> str:
