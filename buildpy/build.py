@@ -4,7 +4,10 @@ plan through the solver with buildpy's worker, the result through the exporters.
 
 from __future__ import annotations
 
+import errno
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -14,7 +17,7 @@ import trio
 from buildpy import cacheio
 from buildpy.cacheio import CacheSpec
 from buildpy.engine import Engine, host_platform
-from buildpy.errors import UsageError
+from buildpy.errors import InfraError, UsageError
 from buildpy.exporters import (
     BuiltImage,
     Output,
@@ -240,7 +243,8 @@ async def run_build(engine: Engine, req: BuildRequest, display: Display) -> Buil
 
     outputs = req.outputs or [Output(type="image")]
     names: list[str] = []
-    with display.internal("exporting to image"):
+    store = f"the store {engine.root}"
+    with display.internal("exporting to image"), _writing(store):
         image = await trio.to_thread.run_sync(
             lambda: assemble_image(
                 engine,
@@ -256,11 +260,33 @@ async def run_build(engine: Engine, req: BuildRequest, display: Display) -> Buil
         )
         display.note("exporting to image", f"writing image {image.config_digest} done")
         for out in outputs:
-            await trio.to_thread.run_sync(
-                lambda out=out: _export(engine, image, final, out, req, epoch, names)
-            )
+            with _writing(out.dest):
+                await trio.to_thread.run_sync(
+                    lambda out=out: _export(
+                        engine, image, final, out, req, epoch, names
+                    )
+                )
     await cacheio.export_caches(engine, req.cache_to, solved, plan, epoch, display)
     return BuildResult(image=image, solve=solved, names=names, warnings=plan.warnings)
+
+
+_MACHINE_FULL_OR_BROKEN = (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS)
+
+
+@contextmanager
+def _writing(where: str | Path | None) -> Iterator[None]:
+    """A file the image or an output cannot be written to (a full disk, a
+    directory not allowed) stops the build with one line naming where."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno is None:  # not the machine's: an error of ours, as it is
+            raise
+        place = "stdout" if str(where) == "-" else where or "the output"
+        message = f"cannot write {place}: {exc.strerror}"
+        if exc.errno in _MACHINE_FULL_OR_BROKEN:
+            raise InfraError(message) from None
+        raise UsageError(message) from None  # a path the user gave
 
 
 def _export(

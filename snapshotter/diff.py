@@ -222,6 +222,8 @@ class _TreeWriter:
                 st = os.lstat(path)
                 self._entry(path, prefix + name, name, st)
             except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise  # the tar's destination is full: its writer names it
                 raise MachineError(f"{path}: cannot add to a tar: {exc}") from exc
 
     def _entry(self, path: str, rel: str, name: str, st: os.stat_result) -> None:
