@@ -494,6 +494,8 @@ class _Extractor:
         except SnapshotError:
             raise
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise  # the destination is full, not this entry bad: said below
             raise MachineError(f"entry {member.name!r}: cannot extract: {exc}") from exc
 
     def _parent(self, parts: list[str], name: str, *, create: bool = True) -> str:

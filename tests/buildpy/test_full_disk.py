@@ -43,6 +43,13 @@ def test_a_full_output_disk_is_one_line(
         ), proc.stderr
         assert "Traceback" not in proc.stderr
         assert not dest.exists() and list(small_disk.iterdir()) == []
+    # A directory is written file by file: what fitted stays, as buildx leaves it.
+    dest = small_disk / "rootfs"
+    proc = busybox.build(context, "-o", f"type=local,dest={dest}", check=False)
+    assert (proc.returncode, proc.stderr.splitlines()[-1]) == (
+        4,
+        f"ERROR: cannot extract into {dest}: [Errno 28] No space left on device",
+    )
     # There is room elsewhere: the same build writes its archive.
     busybox.build(context, "-o", f"type=oci,dest={tmp_path / 'image.tar'}")
 
