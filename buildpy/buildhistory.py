@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from buildpy import errors
 from buildpy.errors import UsageError
+from buildpy.humanize import ago
 
 if TYPE_CHECKING:  # the parser imports this module: it stays cheap to import
     import sqlite3
@@ -208,7 +209,7 @@ def _list(builds: list[BuildRecord], fmt: str) -> None:
                 b.id,
                 ",".join(b.names) or b.target or "-",
                 b.status.capitalize(),
-                _ago(now - b.started),
+                ago(now - b.started),
                 f"{b.duration:.1f}s",
                 f"{b.cached}/{b.steps}",
             ]
@@ -267,14 +268,6 @@ def _summary(build: BuildRecord) -> dict[str, Any]:
         "cached": build.cached,
         "error": build.error,
     }
-
-
-def _ago(seconds: float) -> str:
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size:
-            n = int(seconds // size)
-            return f"{n} {unit}{'s' * (n > 1)} ago"
-    return "Less than a minute ago"
 
 
 __all__ = ["BuildHistory", "BuildRecord", "KEEP", "add_parser", "builds_command"]

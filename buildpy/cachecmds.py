@@ -137,6 +137,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def du(args: argparse.Namespace, root: Path | None) -> int:
     from buildpy.engine import Engine
+    from buildpy.humanize import ago
     from buildpy.prune import usage
 
     with Engine.open(root) as engine:
@@ -146,9 +147,9 @@ def du(args: argparse.Namespace, root: Path | None) -> int:
 
     now = time.time()
     for record, size in sorted(use.records, key=lambda rs: -rs[0].last_used):
-        ago = _ago(now - record.last_used)
+        age = ago(now - record.last_used)
         step = use.names.get(record.key, "")
-        rows.append((record.key[7:19], human(size), ago, step))
+        rows.append((record.key[7:19], human(size), age, step))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for row in rows:
         cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)]
@@ -163,14 +164,6 @@ def du(args: argparse.Namespace, root: Path | None) -> int:
     print(f"Reclaimable:\t{human(use.reclaimable)} ({use.reclaimable} bytes)")
     print(f"Total:\t\t{human(use.total)} ({use.total} bytes)")
     return errors.EXIT_OK
-
-
-def _ago(seconds: float) -> str:
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size:
-            n = int(seconds // size)
-            return f"{n} {unit}{'s' if n > 1 else ''} ago"
-    return "just now"
 
 
 def prune(args: argparse.Namespace, root: Path | None) -> int:

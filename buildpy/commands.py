@@ -24,6 +24,7 @@ from buildpy.cli import print_json
 from buildpy.engine import Engine, host_platform
 from buildpy.errors import InfraError, UsageError
 from buildpy.exporters import Output, _timestamp, check_stdout
+from buildpy.humanize import ago
 from buildpy.mounts import SecretSource, SSHSource
 from buildpy.progress import Display, error_block, make_display
 from buildpy.stdinput import build_input, uses_stdin
@@ -321,14 +322,6 @@ def _import_changes(changes: list[str]) -> dict[str, Any]:
 # --- images, inspect ------------------------------------------------------------
 
 
-def _ago(seconds: float) -> str:
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if seconds >= size:
-            n = int(seconds // size)
-            return f"{n} {unit}{'s' if n > 1 else ''} ago"
-    return "Less than a minute ago" if seconds >= 1 else "Less than a second ago"
-
-
 def _human(size: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if size < 1000:
@@ -348,7 +341,7 @@ def images(root: Path | None) -> int:
                 repo, tag = record.name, ""
             image_id = manifest["config"]["digest"].removeprefix("sha256:")[:12]
             rows.append(
-                (repo, tag, image_id, _ago(time.time() - record.created), _human(size))
+                (repo, tag, image_id, ago(time.time() - record.created), _human(size))
             )
     header = ("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]

@@ -132,7 +132,7 @@ def _ago(created: str | None) -> str:
         moment = datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return "N/A"
-    from buildpy.commands import _ago as ago
+    from buildpy.humanize import ago
 
     return ago(max(time.time() - moment, 0))
 
