@@ -38,6 +38,8 @@ from frontend import BuildPlan
 from snapshotter.diff import extract_tree, write_tree
 
 STDOUT = "-"  # an output's dest that means stdout (-o -, dest=-)
+# cacheonly, as buildx: the steps run and are recorded, nothing is exported.
+_TYPES = ("oci", "docker", "local", "tar", "image", "registry", "cacheonly")
 
 
 @dataclass(frozen=True)
@@ -83,10 +85,9 @@ class Output:
                 )
             fields[key.strip()] = value.strip()
         kind = fields.pop("type", "")
-        if kind not in ("oci", "docker", "local", "tar", "image", "registry"):
+        if kind not in _TYPES:
             raise UsageError(
-                f"invalid --output {text!r}: type must be one of "
-                "oci, docker, local, tar, image, registry"
+                f"invalid --output {text!r}: type must be one of {', '.join(_TYPES)}"
             )
         dest = fields.pop("dest", None)
         if kind == "registry":  # buildx's shorthand for type=image,push=true
@@ -95,7 +96,7 @@ class Output:
         elif kind == "docker" and not dest:
             # buildx loads such an image into docker's store; here, ours.
             kind = "image"
-        if kind != "image" and not dest:
+        if kind not in ("image", "cacheonly") and not dest:
             raise UsageError(f"invalid --output {text!r}: type={kind} needs dest=PATH")
         if kind == "local" and dest == STDOUT:
             raise UsageError(

@@ -310,6 +310,19 @@ def test_classic_builder_flags_are_taken_and_ignored(busybox: Buildpy, tmp_path)
     assert bad.returncode == 2 and "--rm: 'maybe' is not true or false" in bad.stderr
 
 
+def test_cacheonly_output_records_the_steps_and_exports_nothing(
+    busybox: Buildpy, tmp_path
+):
+    context = write_context(
+        tmp_path / "ctx", {"Dockerfile": "FROM busybox\nRUN echo warm > /w\n"}
+    )
+    warmed = busybox.build(context, "-t", "warm:1", "-o", "type=cacheonly").stderr
+    assert "cache miss" in warmed
+    assert "warm" not in busybox.run("images").stdout  # no name, no export
+    again = busybox.build(context, "-t", "warm:1").stderr
+    assert "cache miss" not in again  # the steps were recorded
+
+
 def test_attestation_flags_take_only_no(busybox: Buildpy, tmp_path):
     context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM busybox\n"})
     for flag in ("--provenance=false", "--sbom=0", "--provenance=disabled=true"):
