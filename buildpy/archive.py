@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -105,6 +107,9 @@ class _Archive:
         assert f is not None
         return f
 
+    def has(self, name: str) -> bool:
+        return name in self.members
+
     def json(self, name: str) -> Any:
         with self.open(name) as f:
             try:
@@ -117,8 +122,41 @@ class _Archive:
         return f"blobs/{algo}/{hexpart}"
 
 
+class _Directory:
+    """An OCI image layout as a directory (``-o type=oci,tar=false`` writes
+    one), read as ``_Archive`` reads a tar: names below it, never outside."""
+
+    def __init__(self, root: Path, label: str) -> None:
+        self.root = root
+        self.label = label
+
+    json = _Archive.json
+    blob_path = _Archive.blob_path
+
+    def has(self, name: str) -> bool:
+        return self._path(name).is_file()
+
+    def open(self, name: str) -> IO[bytes]:
+        path = self._path(name)
+        try:
+            return open(path, "rb")
+        except FileNotFoundError:
+            raise ArchiveError(f"{self.label}: {name} is missing") from None
+        except OSError as exc:
+            raise ArchiveError(f"{self.label}: {name}: {exc.strerror}") from None
+
+    def _path(self, name: str) -> Path:
+        parts = name.removeprefix("./").split("/")
+        if not name or name.startswith("/") or ".." in parts:
+            raise ArchiveError(f"{self.label}: {name!r} is outside the layout")
+        return self.root.joinpath(*parts)
+
+
+_Source = _Archive | _Directory  # a tar, or a directory read as one
+
+
 def _put_checked(
-    engine: Engine, archive: _Archive, name: str, digest: str | None
+    engine: Engine, archive: _Source, name: str, digest: str | None
 ) -> str:
     with archive.open(name) as src, engine.content.writer() as w:
         while chunk := src.read(_CHUNK):
@@ -132,7 +170,7 @@ def _put_checked(
 
 
 def _layer(
-    engine: Engine, archive: _Archive, name: str, diff_id: str
+    engine: Engine, archive: _Source, name: str, diff_id: str
 ) -> tuple[str, int]:
     """Store one layer file uncompressed under its diff ID (and, when compressed,
     the compressed blob as its variant)."""
@@ -158,7 +196,7 @@ def _layer(
 
 def _load_image(
     engine: Engine,
-    archive: _Archive,
+    archive: _Source,
     config_name: str,
     layer_names: list[str],
     config_digest: str | None,
@@ -195,41 +233,17 @@ def _load_image(
 def load_images(
     engine: Engine, path: Path, label: str | None = None
 ) -> list[tuple[str, list[str]]]:
-    """Load every image of an OCI or docker archive; (image ID, names) each.
-    ``label``: what messages call the archive, when not its path (stdin)."""
+    """Load every image of an OCI or docker archive, or of an OCI layout
+    directory; (image ID, names) each. ``label``: what messages call the
+    archive, when not its path (stdin)."""
     label = label or str(path)
-    try:
-        tar = tarfile.open(path, mode="r:*")
-    except tarfile.ReadError:  # its message lists every method it tried
-        if path.stat().st_size == 0:
-            raise ArchiveError(f"cannot read {label}: it is empty") from None
-        raise ArchiveError(
-            f"cannot read {label}: not a tar archive (plain, gzip, bzip2 or xz)"
-        ) from None
-    except (OSError, tarfile.TarError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise ArchiveError(f"cannot read {label}: {reason}") from None
     loaded: list[tuple[str, list[str]]] = []
-    with tar:
-        archive = _Archive(tar, label)
-        if "index.json" in archive.members:
+    with _opened(path, label) as archive:
+        if archive.has("index.json"):
             for digest, names in _oci_entries(archive, archive.json("index.json")):
-                manifest_name = archive.blob_path(digest)
-                _put_checked(engine, archive, manifest_name, digest)
-                manifest = archive.json(manifest_name)
-                config = manifest["config"]["digest"]
-                local = _load_image(
-                    engine,
-                    archive,
-                    archive.blob_path(config),
-                    [
-                        archive.blob_path(layer["digest"])
-                        for layer in manifest["layers"]
-                    ],
-                    config,
-                )
+                local = _load_manifest(engine, archive, digest)
                 loaded.append(_name(engine, local, names))
-        elif "manifest.json" in archive.members:
+        elif archive.has("manifest.json"):
             for entry in archive.json("manifest.json"):
                 local = _load_image(
                     engine, archive, entry["Config"], list(entry["Layers"]), None
@@ -243,8 +257,70 @@ def load_images(
     return loaded
 
 
+def load_layout_image(engine: Engine, path: Path, pick: str = "") -> str:
+    """``--build-context NAME=oci-layout://PATH[:TAG|@DIGEST]``: the image of
+    an OCI layout directory that ``pick`` names (its ``ref.name`` annotation,
+    or its manifest digest; the only one when empty), loaded into the store
+    and named nothing; its local manifest digest."""
+    label = f"oci-layout://{path}"
+    if not path.is_dir():
+        raise ArchiveError(f"{label}: not a directory")
+    with _opened(path, label) as archive:
+        if not archive.has("index.json"):
+            raise ArchiveError(f"{label}: no index.json, not an OCI image layout")
+        entries = archive.json("index.json").get("manifests", [])
+        chosen = [
+            e
+            for e in entries
+            if not pick
+            or e.get("digest") == pick.removeprefix("@")
+            or (e.get("annotations") or {}).get("org.opencontainers.image.ref.name")
+            == pick
+        ]
+        if len(chosen) != 1:
+            what = f"an image {pick!r}" if pick else "one image"
+            raise ArchiveError(
+                f"{label}: holds {len(chosen)} images where {what} was asked for"
+            )
+        digest = chosen[0]["digest"]
+        if chosen[0].get("mediaType") in INDEX_TYPES:
+            digest = _oci_entries(archive, {"manifests": chosen})[0][0]
+        return _load_manifest(engine, archive, digest)
+
+
+def _load_manifest(engine: Engine, archive: _Source, digest: str) -> str:
+    manifest_name = archive.blob_path(digest)
+    _put_checked(engine, archive, manifest_name, digest)
+    manifest = archive.json(manifest_name)
+    config = manifest["config"]["digest"]
+    layers = [archive.blob_path(layer["digest"]) for layer in manifest["layers"]]
+    return _load_image(engine, archive, archive.blob_path(config), layers, config)
+
+
+@contextmanager
+def _opened(path: Path, label: str) -> Iterator[_Source]:
+    """``path`` as an archive to read: a tar (any compression), or an OCI
+    layout directory."""
+    if path.is_dir():
+        yield _Directory(path, label)
+        return
+    try:
+        tar = tarfile.open(path, mode="r:*")
+    except tarfile.ReadError:  # its message lists every method it tried
+        if path.stat().st_size == 0:
+            raise ArchiveError(f"cannot read {label}: it is empty") from None
+        raise ArchiveError(
+            f"cannot read {label}: not a tar archive (plain, gzip, bzip2 or xz)"
+        ) from None
+    except (OSError, tarfile.TarError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ArchiveError(f"cannot read {label}: {reason}") from None
+    with tar:
+        yield _Archive(tar, label)
+
+
 def _oci_entries(
-    archive: _Archive, index: dict[str, Any]
+    archive: _Source, index: dict[str, Any]
 ) -> list[tuple[str, list[str]]]:
     found: list[tuple[str, list[str]]] = []
     for entry in index.get("manifests", []):

@@ -147,17 +147,31 @@ def read_dockerfile(req: BuildRequest) -> tuple[Path, str]:
 IMAGE_SCHEME = "docker-image://"
 
 
+LAYOUT_SCHEME = "oci-layout://"
+
+
 def named_contexts(
-    given: list[tuple[str, str]],
+    given: list[tuple[str, str]], engine: Engine | None = None
 ) -> tuple[dict[str, NamedContext], dict[str, tuple[Path, IgnoreMatcher | None]]]:
     """``--build-context NAME=VALUE``s: what the frontend reads of them, and the
     worker's directory and .dockerignore rules of each one that is a directory.
-    VALUE is ``docker-image://REF`` or a directory (the CLI refuses the rest)."""
+    VALUE is ``docker-image://REF``, ``oci-layout://PATH[:TAG|@DIGEST]`` (its
+    image loaded into ``engine``'s store) or a directory (the CLI refuses the
+    rest)."""
     frontend: dict[str, NamedContext] = {}
     directories: dict[str, tuple[Path, IgnoreMatcher | None]] = {}
     for name, value in given:
         if value.startswith(IMAGE_SCHEME):
             frontend[name] = NamedContext(image=value.removeprefix(IMAGE_SCHEME))
+            continue
+        if value.startswith(LAYOUT_SCHEME):
+            if engine is None:
+                raise UsageError(f"--build-context {name}={value}: needs the store")
+            from buildpy.archive import load_layout_image
+
+            path, pick = _layout_reference(value.removeprefix(LAYOUT_SCHEME))
+            digest = load_layout_image(engine, path, pick)
+            frontend[name] = NamedContext(image=digest)
             continue
         path = Path(value)
         if not path.is_dir():
@@ -174,6 +188,18 @@ def named_contexts(
     return frontend, directories
 
 
+def _layout_reference(text: str) -> tuple[Path, str]:
+    """PATH[:TAG|@DIGEST] of an oci-layout:// context: (path, TAG or @DIGEST)."""
+    if "@" in text:
+        path, _, digest = text.rpartition("@")
+        return Path(path), "@" + digest
+    head, slash, last = text.rpartition("/")
+    if ":" in last:
+        last, _, tag = last.partition(":")
+        return Path(head + slash + last), tag
+    return Path(text), ""
+
+
 def read_ignore_patterns(req: BuildRequest, dockerfile: Path) -> list[str]:
     """The rules of the context's ignore file (buildpy.ignorefile). A
     Dockerfile from stdin is beside nothing."""
@@ -186,7 +212,7 @@ async def run_build(engine: Engine, req: BuildRequest, display: Display) -> Buil
     with display.internal("[internal] load build definition from Dockerfile"):
         dockerfile, text = read_dockerfile(req)
         patterns = read_ignore_patterns(req, dockerfile)
-        named, named_dirs = named_contexts(req.build_contexts)
+        named, named_dirs = named_contexts(req.build_contexts, engine)
     plan = convert(
         text,
         filename=dockerfile.name,

@@ -65,8 +65,9 @@ def _label(text: str) -> tuple[str, str]:
 
 
 def _build_context(text: str) -> tuple[str, str]:
-    """--build-context NAME=VALUE: VALUE a directory or docker-image://REF; the
-    other sources buildx takes are refused by name."""
+    """--build-context NAME=VALUE: VALUE a directory, docker-image://REF or
+    oci-layout://PATH[:TAG]; the other sources buildx takes are refused by
+    name."""
     name, sep, value = text.partition("=")
     name = name.strip().lower()
     if not sep or not name or not value:
@@ -75,10 +76,11 @@ def _build_context(text: str) -> tuple[str, str]:
         )
     if name == "context":
         raise argparse.ArgumentTypeError(f"{text}: 'context' is the main context")
-    other = ("oci-layout://", "target:", "http://", "https://", "git@")
+    other = ("target:", "http://", "https://", "git@")
     if value.startswith(other) or value.endswith(".git"):
         raise argparse.ArgumentTypeError(
-            f"{text}: only a directory or docker-image://REF is supported yet"
+            f"{text}: only a directory, docker-image://REF or oci-layout://PATH "
+            "is supported yet"
         )
     return name, value
 

@@ -64,4 +64,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     load = sub.add_parser(
         "load", parents=[common], help="read images from an OCI or docker archive"
     )
-    load.add_argument("-i", "--input", type=Path, help="the archive (default: stdin)")
+    load.add_argument(
+        "-i",
+        "--input",
+        type=Path,
+        help="the archive, or an OCI layout directory (default: stdin)",
+    )

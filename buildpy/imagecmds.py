@@ -196,8 +196,8 @@ def save(args: argparse.Namespace, root: Path | None) -> int:
 def load(args: argparse.Namespace, root: Path | None) -> int:
     from buildpy.archive import load_images
 
-    if args.input is not None and not args.input.is_file():
-        raise UsageError(f"load: {args.input} is not a file")
+    if args.input is not None and not args.input.exists():
+        raise UsageError(f"load: {args.input} does not exist")
     if args.input is None and sys.stdin.isatty():
         raise UsageError("load: give the archive with -i FILE, or on stdin")
     with Engine.open(root) as engine:

@@ -25,6 +25,7 @@ from buildpy.errors import ImageNotFound, UsageError
 from snapshotter.content import ContentStore
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+_FULL_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar"
@@ -110,9 +111,19 @@ class ImageStore:
                     "SELECT digest FROM images WHERE digest LIKE ? LIMIT 1",
                     (f"sha256:{hexpart}%",),
                 ).fetchone()
+        if row is None and _FULL_DIGEST.fullmatch(name) and self._is_manifest(name):
+            return name  # an image of the store no name points at (oci-layout://)
         if row is None:
             raise ImageNotFound(name)
         return str(row[0])
+
+    def _is_manifest(self, digest: str) -> bool:
+        if not self.content.has(digest) or self.content.size(digest) > 1 << 20:
+            return False
+        try:
+            return "config" in self.manifest(digest)
+        except (OSError, ValueError, TypeError):
+            return False
 
     def list(self) -> list[ImageRecord]:
         with self._lock:

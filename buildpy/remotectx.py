@@ -631,8 +631,8 @@ def context_needs(argv: list[str]) -> int:
     patterns = (
         read_dockerignore(ignore_file.read_text()) if ignore_file.exists() else []
     )
-    named, _ = named_contexts(args.build_context)
     with Engine.open(None) as engine:
+        named, _ = named_contexts(args.build_context, engine)
         plan = convert(
             text,
             filename=dockerfile.name,

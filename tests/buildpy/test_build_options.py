@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from buildpy.engine import host_platform
-from tests.conftest import REPO, Buildpy, write_context
+from tests.conftest import REPO, Buildpy, unmount_all, write_context
 
 
 def test_file_flag_root_flag_quiet_and_jobs(busybox: Buildpy, tmp_path):
@@ -323,6 +324,40 @@ def test_cacheonly_output_records_the_steps_and_exports_nothing(
     assert "cache miss" not in again  # the steps were recorded
 
 
+def test_an_oci_layout_as_a_build_context_and_for_load(busybox: Buildpy, tmp_path):
+    base = write_context(
+        tmp_path / "base", {"Dockerfile": "FROM busybox\nRUN echo base > /b\n"}
+    )
+    layout = tmp_path / "layout"
+    busybox.build(base, "-t", "base:1", "-o", f"type=oci,dest={layout},tar=false")
+    app = write_context(
+        tmp_path / "app", {"Dockerfile": "FROM base\nRUN cat /b > /seen\n"}
+    )
+    clean = Buildpy(tmp_path / "clean")  # a store that never held busybox
+    try:
+        out = tmp_path / "out"
+        for pick in ("", ":1"):
+            clean.build(
+                app, "--build-context", f"base=oci-layout://{layout}{pick}",
+                "-o", f"type=local,dest={out}",
+            )  # fmt: skip
+            assert (out / "seen").read_text() == "base\n"
+        assert "base" not in clean.run("images").stdout  # loaded, named nothing
+        missing = clean.build(
+            app, "--build-context", f"base=oci-layout://{layout}:2", check=False
+        )
+        assert missing.returncode == 2 and (
+            f"oci-layout://{layout}: holds 0 images where an image '2' was asked for"
+            in missing.stderr
+        )
+        # load takes the layout directory too, with the names it records.
+        loaded = clean.run("load", "-i", layout).stdout
+        assert loaded == "Loaded image: base:1\n"
+    finally:
+        unmount_all(clean.root)
+        shutil.rmtree(clean.root, ignore_errors=True)
+
+
 def test_attestation_flags_take_only_no(busybox: Buildpy, tmp_path):
     context = write_context(tmp_path / "ctx", {"Dockerfile": "FROM busybox\n"})
     for flag in ("--provenance=false", "--sbom=0", "--provenance=disabled=true"):
@@ -376,7 +411,10 @@ def test_build_context_directory_and_image(busybox: Buildpy, tmp_path):
     assert "shared is a directory (--build-context)" in proc.stderr
     for bad, says in [
         ("shared", "expected NAME=DIR"),
-        ("x=https://example.invalid/r.git", "only a directory or docker-image"),
+        (
+            "x=https://example.invalid/r.git",
+            "only a directory, docker-image://REF or oci-layout",
+        ),
         (f"x={tmp_path / 'none'}", "not a directory"),
     ]:
         proc = busybox.build(context, "--build-context", bad, check=False)
