@@ -9,9 +9,9 @@ ours. So a command gives the same output and exit code either way, by constructi
 
 When the daemon is used (``forward_target``): ``--addr ADDR`` or ``$BUILDPY_HOST``
 name it; else, when neither ``--root`` nor ``$BUILDPY_ROOT`` is given and the
-default socket exists, that one. ``buildpy serve`` never forwards, nor ``run -i``:
-the daemon's child reads the client's stdin, passed with the request, but a
-container's terminal and its interactive stdin need more than that.
+default socket exists, that one. ``buildpy serve`` never forwards, nor ``run -t``:
+the daemon's child reads the client's stdin, passed with the request (so ``run
+-i`` is sent), but a container's terminal needs more than that.
 
 Ctrl-C does what it does embedded: the client half-closes its connection, the
 daemon sends SIGINT to the child, and the child's own clean-up output and exit code
@@ -131,21 +131,29 @@ def _split_global(argv: Sequence[str]) -> tuple[list[str], str | None, bool, str
     return rest, addr, root, command
 
 
-def _interactive(argv: Sequence[str], command: str) -> bool:
+def run_flag(argv: Sequence[str], command: str, short: str, long: str) -> bool:
+    """Whether a ``run`` command line gives the flag ``-SHORT``/``--LONG``
+    (alone or among other one-letter flags, as ``-it``)."""
     if command != "run":
         return False
     for token in argv:
         if token == "--":
             break
-        if token in ("-i", "--interactive", "-it", "-ti") or (
+        if token in (f"-{short}", f"--{long}") or (
             len(token) > 2
             and token[0] == "-"
             and token[1] != "-"
-            and "i" in token[1:]
+            and short in token[1:]
             and token[1:].isalpha()
         ):
             return True
     return False
+
+
+def _with_terminal(argv: Sequence[str], command: str) -> bool:
+    """``run -t``: the container's terminal stays in-process. (``run -i``
+    alone is sent: the daemon's command reads the stdin passed to it.)"""
+    return run_flag(argv, command, "t", "tty")
 
 
 def forward_target(argv: Sequence[str]) -> tuple[str, list[str], bool] | None:
@@ -154,7 +162,7 @@ def forward_target(argv: Sequence[str]) -> tuple[str, list[str], bool] | None:
     if EMBEDDED_ONLY:
         return None
     rest, addr, root_flag, command = _split_global(argv)
-    if command == "serve" or _interactive(rest, command):
+    if command == "serve" or _with_terminal(rest, command):
         return None
     if addr is None:
         addr = os.environ.get("BUILDPY_HOST") or None

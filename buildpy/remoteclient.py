@@ -613,6 +613,9 @@ def run_cli(addr: str, argv: Sequence[str]) -> int:
             file=sys.stderr,
         )
         return client.EXIT_USAGE
+    if client.run_flag(rest, command, "i", "interactive"):
+        print("ERROR: run -i: stdin does not reach a daemon over TCP", file=sys.stderr)
+        return client.EXIT_USAGE
     conn = http.client.HTTPSConnection(host, port, context=ctx)
     try:
         conn.connect()

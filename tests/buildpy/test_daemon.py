@@ -688,3 +688,22 @@ def test_insecure_entitlement_is_the_daemons_to_grant(busybox: Buildpy, tmp_path
                 "started with --allow-insecure-entitlement security.insecure\n",
             )
     assert busybox.run(*flags).returncode == 0  # embedded: the user's to grant
+
+
+def test_run_interactive_reads_the_clients_stdin(
+    busybox: Buildpy, daemon: Daemon, tmp_path
+):
+    """run -i is sent to the daemon: the container reads the stdin the client
+    passed with its request; its output and exit code come back."""
+    lines = stdin_file(tmp_path, "lines", "a\nb\nc\n")
+    args = ("run", "-i", "busybox", "sh", "-c", "wc -l; exit 7")
+    embedded = busybox.run(*args, stdin=lines, check=False)
+    # The client's own root is empty: only the daemon's store has busybox.
+    elsewhere = {"BUILDPY_ROOT": str(tmp_path / "empty")}
+    remote = via(busybox, daemon, *args, stdin=lines, check=False, env=elsewhere)
+    assert (remote.returncode, remote.stdout) == (embedded.returncode, "3\n")
+    assert embedded.returncode == 7
+    # Without -i the container's stdin is empty, both ways.
+    quiet = ("run", "busybox", "sh", "-c", "wc -l")
+    assert via(busybox, daemon, *quiet, stdin=lines).stdout == "0\n"
+    assert busybox.run(*quiet, stdin=lines).stdout == "0\n"

@@ -345,6 +345,13 @@ def test_stdin_over_tcp_matches_embedded(
     busybox.run("save", "busybox", stdout=embedded)
     over_tcp(busybox, tcp_daemon, certs, "save", "busybox", stdout=remote)
     assert remote.read_bytes() == embedded.read_bytes()
+    interactive = over_tcp(
+        busybox, tcp_daemon, certs, "run", "-i", "busybox", "cat", check=False
+    )
+    assert (interactive.returncode, interactive.stderr) == (
+        2,
+        "ERROR: run -i: stdin does not reach a daemon over TCP\n",
+    )
     load = over_tcp(busybox, tcp_daemon, certs, "load", stdin=remote, check=False)
     assert (load.returncode, load.stderr) == (
         2,
