@@ -93,22 +93,17 @@ def _is_id(engine: Engine, name: str) -> bool:
 # --- load -----------------------------------------------------------------------
 
 
-class _Archive:
-    def __init__(self, tar: tarfile.TarFile, label: str) -> None:
-        self.tar = tar
-        self.label = label  # what messages call the archive
-        self.members = {m.name.removeprefix("./"): m for m in tar.getmembers()}
+class _Source:
+    """Files of an image archive by name: a tar (``_Archive``) or an OCI
+    layout directory (``_Directory``). ``label`` is what messages call it."""
 
-    def open(self, name: str) -> IO[bytes]:
-        member = self.members.get(name.removeprefix("./"))
-        if member is None or not member.isfile():
-            raise ArchiveError(f"{self.label}: {name} is missing from the archive")
-        f = self.tar.extractfile(member)
-        assert f is not None
-        return f
+    label: str
 
     def has(self, name: str) -> bool:
-        return name in self.members
+        raise NotImplementedError
+
+    def open(self, name: str) -> IO[bytes]:
+        raise NotImplementedError
 
     def json(self, name: str) -> Any:
         with self.open(name) as f:
@@ -122,16 +117,31 @@ class _Archive:
         return f"blobs/{algo}/{hexpart}"
 
 
-class _Directory:
+class _Archive(_Source):
+    def __init__(self, tar: tarfile.TarFile, label: str) -> None:
+        self.tar = tar
+        self.label = label
+        self.members = {m.name.removeprefix("./"): m for m in tar.getmembers()}
+
+    def has(self, name: str) -> bool:
+        return name in self.members
+
+    def open(self, name: str) -> IO[bytes]:
+        member = self.members.get(name.removeprefix("./"))
+        if member is None or not member.isfile():
+            raise ArchiveError(f"{self.label}: {name} is missing from the archive")
+        f = self.tar.extractfile(member)
+        assert f is not None
+        return f
+
+
+class _Directory(_Source):
     """An OCI image layout as a directory (``-o type=oci,tar=false`` writes
-    one), read as ``_Archive`` reads a tar: names below it, never outside."""
+    one), read as a tar is: names below it, never outside."""
 
     def __init__(self, root: Path, label: str) -> None:
         self.root = root
         self.label = label
-
-    json = _Archive.json
-    blob_path = _Archive.blob_path
 
     def has(self, name: str) -> bool:
         return self._path(name).is_file()
@@ -150,9 +160,6 @@ class _Directory:
         if not name or name.startswith("/") or ".." in parts:
             raise ArchiveError(f"{self.label}: {name!r} is outside the layout")
         return self.root.joinpath(*parts)
-
-
-_Source = _Archive | _Directory  # a tar, or a directory read as one
 
 
 def _put_checked(
