@@ -858,9 +858,12 @@ async def _receive_with_fds(sock: Any, passed: list[int]) -> bytes:
     """Bytes from a Unix socket, and the descriptors sent with them, which the
     kernel gives only to a recvmsg that asks."""
     space = socket.CMSG_SPACE(_MAX_PASSED * 4)
-    data, ancdata, _flags, _addr = await sock.recvmsg(
-        65536, space, socket.MSG_CMSG_CLOEXEC
-    )
+    try:
+        data, ancdata, _flags, _addr = await sock.recvmsg(
+            65536, space, socket.MSG_CMSG_CLOEXEC
+        )
+    except OSError as exc:  # as SocketStream.receive_some would say it
+        raise trio.BrokenResourceError(str(exc)) from exc
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds = array.array("i")
