@@ -167,22 +167,11 @@ class Engine:
         With SOURCE_DATE_EPOCH (``epoch``) mtimes are clamped to it, and such a
         layer is not the snapshot's recorded one (another epoch, another layer)."""
         if epoch is not None:
-            fs = self.snapshots.fs_path(name)
-            if layer_is_empty(fs):
-                return None, 0
-            with self.content.writer() as w:
-                write_layer(fs, w, source_date_epoch=epoch)  # type: ignore[arg-type]
-                return tuple(w.commit())  # type: ignore[return-value]
+            return self._layer_blob(self.snapshots.fs_path(name), epoch)
         known = self.images.layer_of(name)
         if known is not None:
             return known
-        fs = self.snapshots.fs_path(name)
-        if layer_is_empty(fs):
-            self.images.record_layer(name, None, 0)
-            return None, 0
-        with self.content.writer() as w:
-            write_layer(fs, w)  # type: ignore[arg-type]
-            digest, size = w.commit()
+        digest, size = self._layer_blob(self.snapshots.fs_path(name), None)
         self.images.record_layer(name, digest, size)
         return digest, size
 
@@ -202,17 +191,22 @@ class Engine:
         merged = Path(tempfile.mkdtemp(prefix="squash-", dir=tmp))
         try:
             merge_upperdirs([self.snapshots.fs_path(n) for n in names], merged)
-            if layer_is_empty(merged):
-                layer: tuple[str | None, int] = (None, 0)
-            else:
-                with self.content.writer() as w:
-                    write_layer(merged, w, source_date_epoch=epoch)  # type: ignore[arg-type]
-                    layer = tuple(w.commit())  # type: ignore[assignment]
+            digest, size = self._layer_blob(merged, epoch)
         finally:
             shutil.rmtree(merged, ignore_errors=True)
         if epoch is None:
-            self.images.record_layer(record, layer[0], layer[1])
-        return layer
+            self.images.record_layer(record, digest, size)
+        return digest, size
+
+    def _layer_blob(self, upperdir: Path, epoch: int | None) -> tuple[str | None, int]:
+        """The layer of an overlay upperdir into the content store: (diff ID,
+        size), or (None, 0) when it holds no change."""
+        if layer_is_empty(upperdir):
+            return None, 0
+        with self.content.writer() as w:
+            write_layer(upperdir, w, source_date_epoch=epoch)  # type: ignore[arg-type]
+            digest, size = w.commit()
+        return digest, size
 
     def materialize(self, result: str) -> str:
         """A result as a local snapshot: an imported cache record's is fetched."""
