@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 from buildpy.errors import BuildpyError
 from buildpy.registry import refusal
+from frontend import redacted
 from snapshotter.overlay import Snapshotter
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -60,17 +61,6 @@ def _host(remote: str) -> str:
     return urlsplit(remote).hostname or ""
 
 
-def _shown(remote: str) -> str:
-    """``remote`` for messages: a password or token in its URL is not shown."""
-    parts = urlsplit(remote)
-    if parts.password is None and not (parts.username and parts.scheme != "ssh"):
-        return remote
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return parts._replace(netloc=f"***@{host}").geturl()
-
-
 def _git(*args: str, cwd: Path | None = None, what: str) -> str:
     env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="true")
     try:
@@ -94,29 +84,13 @@ class GitSources:
         self._tmp_dir = tmp_dir
         self._resolved: dict[tuple[str, str], Resolved] = {}
 
-    def _check_allowed(self, remote: str) -> None:
-        reason = refusal(_host(remote))  # the registry client's network guard
-        if reason is not None:
-            raise GitError(f"ADD {remote}: {reason}")
-
     def resolve(self, remote: str, ref: str) -> Resolved:
         """The commit ``ref`` names on ``remote`` (HEAD when empty)."""
         key = (remote, ref)
-        if key in self._resolved:
-            return self._resolved[key]
-        if _COMMIT.fullmatch(ref):
-            resolved = Resolved(ref)
-        else:
-            self._check_allowed(remote)
-            what = f"ADD {_shown(remote)}#{ref}" if ref else f"ADD {_shown(remote)}"
-            wanted = ref or "HEAD"
-            out = _git("ls-remote", remote, wanted, what=what)
-            commit = _pick(out, wanted)
-            if commit is None:
-                raise GitError(f"{what}: no branch or tag {wanted!r} in the repository")
-            resolved = Resolved(commit)
-        self._resolved[key] = resolved
-        return resolved
+        if key not in self._resolved:
+            what = _what("ADD", remote, ref)
+            self._resolved[key] = Resolved(_commit_of(remote, ref, what))
+        return self._resolved[key]
 
     def snapshot(
         self,
@@ -128,7 +102,7 @@ class GitSources:
     ) -> str:
         """The committed snapshot of the tree (see the module docstring)."""
         commit = self.resolve(remote, ref).commit
-        what = f"ADD {_shown(remote)}#{ref}" if ref else f"ADD {_shown(remote)}"
+        what = _what("ADD", remote, ref)
         if checksum is not None and not commit.startswith(checksum):
             raise GitError(
                 f"{what}: checksum mismatch: expected {checksum}, got {commit}"
@@ -139,7 +113,7 @@ class GitSources:
             return name
 
         def fill(fs: Path) -> None:
-            self._check_allowed(remote)
+            _check_allowed(remote, what)
             checkout(remote, commit, subdir, keep_git_dir, fs, self._tmp_dir, what)
 
         self._snapshots.create_committed(name, None, fill)
@@ -187,17 +161,9 @@ def git_context(url: str, tmp_dir: Path) -> Iterator[Path]:
     ``.git`` out, as BuildKit's git context does unless asked."""
     remote, _, fragment = url.partition("#")
     ref, _, subdir = fragment.partition(":")
-    what = f"build context {_shown(remote)}" + (f"#{fragment}" if fragment else "")
-    reason = refusal(_host(remote))
-    if reason is not None:
-        raise GitError(f"{what}: {reason}")
-    wanted = ref or "HEAD"
-    if _COMMIT.fullmatch(ref):
-        commit = ref
-    else:
-        commit = _pick(_git("ls-remote", remote, wanted, what=what), wanted) or ""
-        if not commit:
-            raise GitError(f"{what}: no branch or tag {wanted!r} in the repository")
+    what = _what("build context", remote, fragment)
+    _check_allowed(remote, what)
+    commit = _commit_of(remote, ref, what)
     tmp_dir.mkdir(parents=True, exist_ok=True)
     where = Path(tempfile.mkdtemp(prefix="git-context-", dir=tmp_dir))
     try:
@@ -205,6 +171,30 @@ def git_context(url: str, tmp_dir: Path) -> Iterator[Path]:
         yield where
     finally:
         shutil.rmtree(where, ignore_errors=True)
+
+
+def _what(kind: str, remote: str, fragment: str) -> str:
+    """How messages name a git source: ``ADD URL#REF``, credentials hidden."""
+    return f"{kind} {redacted(remote)}" + (f"#{fragment}" if fragment else "")
+
+
+def _check_allowed(remote: str, what: str) -> None:
+    reason = refusal(_host(remote))  # the registry client's network guard
+    if reason is not None:
+        raise GitError(f"{what}: {reason}")
+
+
+def _commit_of(remote: str, ref: str, what: str) -> str:
+    """The commit ``ref`` names on ``remote`` (HEAD when empty); a full
+    commit id is taken as it is, asking nothing of the remote."""
+    if _COMMIT.fullmatch(ref):
+        return ref
+    _check_allowed(remote, what)
+    wanted = ref or "HEAD"
+    commit = _pick(_git("ls-remote", remote, wanted, what=what), wanted)
+    if commit is None:
+        raise GitError(f"{what}: no branch or tag {wanted!r} in the repository")
+    return commit
 
 
 def _pick(ls_remote: str, wanted: str) -> str | None:

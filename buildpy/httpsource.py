@@ -36,6 +36,7 @@ import httpx
 
 from buildpy.errors import BuildpyError
 from buildpy.registry import RegistryError, check_allowed
+from frontend import redacted
 from snapshotter.content import ContentStore
 from snapshotter.errors import DigestMismatch
 from snapshotter.overlay import Snapshotter
@@ -95,7 +96,7 @@ class HttpSources:
             fetched = self._fetched[url] = self._get(url)
         if checksum is not None and fetched.digest != checksum:
             raise FetchError(
-                f"ADD {url}: checksum mismatch: expected {checksum}, "
+                f"ADD {redacted(url)}: checksum mismatch: expected {checksum}, "
                 f"got {fetched.digest}"
             )
         return fetched
@@ -125,8 +126,8 @@ class HttpSources:
                         return Fetched(row[2], int(row[3]), _mtime(row[1]))
                     if resp.status_code != 200:
                         raise FetchError(
-                            f"ADD {url}: the server answered {resp.status_code} "
-                            f"{resp.reason_phrase}"
+                            f"ADD {redacted(url)}: the server answered "
+                            f"{resp.status_code} {resp.reason_phrase}"
                         )
                     with self._content.writer() as w:
                         for chunk in resp.iter_bytes(_CHUNK):
@@ -135,9 +136,11 @@ class HttpSources:
                     etag = resp.headers.get("ETag")
                     modified = resp.headers.get("Last-Modified")
         except RegistryError as exc:  # the network guard
-            raise FetchError(f"ADD {url}: {exc}") from None
+            raise FetchError(f"ADD {redacted(url)}: {exc}") from None
         except httpx.HTTPError as exc:
-            raise FetchError(f"ADD {url}: {exc or type(exc).__name__}") from None
+            raise FetchError(
+                f"ADD {redacted(url)}: {exc or type(exc).__name__}"
+            ) from None
         with self._lock:
             self._db.execute(
                 "INSERT OR REPLACE INTO http_sources VALUES (?,?,?,?,?)",
@@ -163,7 +166,7 @@ class HttpSources:
         try:
             self._snapshots.create_committed(name, None, fill)
         except DigestMismatch as exc:  # the blob went bad on disk
-            raise FetchError(f"ADD {url}: {exc}") from None
+            raise FetchError(f"ADD {redacted(url)}: {exc}") from None
         return name
 
 

@@ -8,6 +8,7 @@ from frontend.convert import (
     ResolvedImage,
     convert,
     is_git_source,
+    redacted,
 )
 from frontend.dockerignore import IgnoreMatcher, read_dockerignore
 from frontend.errors import DockerfileError
@@ -34,4 +35,5 @@ __all__ = [
     "process_word",
     "process_words",
     "read_dockerignore",
+    "redacted",
 ]

@@ -92,6 +92,18 @@ def is_git_source(text: str) -> bool:
     return _GIT_SOURCE.match(text) is not None
 
 
+def redacted(url: str) -> str:
+    """``url`` for progress and messages: a password or token in it (or an
+    https URL's user name, where tokens go) is not shown."""
+    parts = urlsplit(url)
+    if parts.password is None and not (parts.username and parts.scheme != "ssh"):
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return parts._replace(netloc=f"***@{host}").geturl()
+
+
 def _for_the_builder(name: str) -> bool:
     """Build args that speak to the builder, not to the Dockerfile
     (BUILDKIT_INLINE_CACHE, BUILDKIT_DOCKERFILE_CHECK, SOURCE_DATE_EPOCH):
@@ -950,7 +962,7 @@ class _Converter:
                         keep_git_dir=bool(flags.get("keep-git-dir", False)),
                         checksum=checksum,
                     ),
-                    meta=VertexMeta(name=f"[internal] git {git}"),
+                    meta=VertexMeta(name=f"[internal] git {redacted(git)}"),
                 )
             )
             actions.append(
@@ -971,7 +983,9 @@ class _Converter:
             inputs.append(
                 Vertex(
                     HttpSource(url, name, checksum),
-                    meta=VertexMeta(name=f"[internal] fetch {url}", ignore_cache=False),
+                    meta=VertexMeta(
+                        name=f"[internal] fetch {redacted(url)}", ignore_cache=False
+                    ),
                 )
             )
             actions.append(

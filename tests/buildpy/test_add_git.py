@@ -124,11 +124,12 @@ def test_add_git_checksum_and_errors(
     assert "no branch or tag 'nope' in the repository" in missing.stderr
     assert "Traceback" not in missing.stderr + failed.stderr
     (context / "Dockerfile").write_text(
-        "FROM busybox\nADD https://example.invalid/x/repo.git /src/\n"
+        "FROM busybox\nADD https://user:s3cret@example.invalid/x/repo.git /src/\n"
     )
     away = busybox.build(context, check=False)
     assert away.returncode == 1
     assert "refusing to contact example.invalid" in away.stderr
+    assert "s3cret" not in away.stderr  # a token in the URL is not shown
 
 
 def test_a_git_repository_is_a_build_context(
