@@ -271,14 +271,23 @@ def all_capabilities() -> list[str]:
     given more than its builder has."""
     from runtime._libc import CAPABILITIES
 
-    held = (1 << (max(CAPABILITIES.values()) + 1)) - 1
+    held = (1 << (max(CAPABILITIES.values()) + 1)) - 1  # unreadable: all
+    for field in ("CapPrm", "CapBnd"):
+        mask = _own_capabilities(field)
+        held &= held if mask is None else mask
+    return [name for name, bit in CAPABILITIES.items() if held >> bit & 1]
+
+
+def _own_capabilities(field: str) -> int | None:
+    """A capability set of this process (``CapEff``, ``CapPrm``, ``CapBnd``)
+    from /proc/self/status, as a mask; None when it cannot be read."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(("CapPrm:", "CapBnd:")):
-                held &= int(line.split()[1], 16)
-    except (OSError, ValueError):
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1], 16)
+    except (OSError, ValueError, IndexError):
         pass
-    return [name for name, bit in CAPABILITIES.items() if held >> bit & 1]
+    return None
 
 
 # Under /dev, what is not a device of the host's: each container has its own.
@@ -530,22 +539,17 @@ def rlimits(ulimits: Sequence[tuple[str, int, int]]) -> list[dict[str, Any]]:
     ]
 
 
-_CAP_SYS_RESOURCE = 24
-
-
 def ulimit_beyond_reach(ulimits: Sequence[tuple[str, int, int]]) -> str | None:
     """Why one of ``ulimits`` cannot be set for a step, or None: a hard limit
     above this process's own needs CAP_SYS_RESOURCE, which a builder in a
     container often lacks (MACHINE-NOTES.md)."""
     import resource
 
-    try:
-        status = Path("/proc/self/status").read_text()
-        effective = int(status.split("CapEff:")[1].split()[0], 16)
-    except (OSError, IndexError, ValueError):
-        return None  # cannot tell: the runtime will say
-    if effective >> _CAP_SYS_RESOURCE & 1:
-        return None
+    from runtime._libc import CAPABILITIES
+
+    effective = _own_capabilities("CapEff")
+    if effective is None or effective >> CAPABILITIES["CAP_SYS_RESOURCE"] & 1:
+        return None  # held, or cannot tell: the runtime will say
     for name, _soft, hard in ulimits:
         current = resource.getrlimit(getattr(resource, f"RLIMIT_{name.upper()}"))[1]
         if current == resource.RLIM_INFINITY:
