@@ -103,15 +103,21 @@ def build_input(
 
 
 def _read_head(stream: BinaryIO) -> bytes:
-    """The first bytes of stdin, enough to tell an archive: a pipe gives them
-    in pieces."""
-    head = b""
-    while len(head) < _HEAD:
-        piece = stream.read(_HEAD - len(head))
+    """The first bytes of stdin, enough to tell an archive."""
+    return _read_up_to(stream, _HEAD)
+
+
+def _read_up_to(stream: BinaryIO, n: int) -> bytes:
+    """``n`` bytes, or all there are: a pipe gives them in pieces.
+    (snapshotter.compression has its own: this module stays standard library
+    only, for the TCP client.)"""
+    data = bytearray()
+    while len(data) < n:
+        piece = stream.read(n - len(data))
         if not piece:
             break
-        head += piece
-    return head
+        data += piece
+    return bytes(data)
 
 
 def _is_archive(head: bytes) -> bool:
@@ -121,12 +127,7 @@ def _is_archive(head: bytes) -> bool:
 
 
 def _dockerfile_text(head: bytes, stream: BinaryIO) -> str:
-    data = bytearray(head)
-    while len(data) <= MAX_DOCKERFILE:
-        piece = stream.read(MAX_DOCKERFILE + 1 - len(data))
-        if not piece:
-            break
-        data += piece
+    data = head + _read_up_to(stream, MAX_DOCKERFILE + 1 - len(head))
     if len(data) > MAX_DOCKERFILE:
         raise UsageError(
             f"the Dockerfile on stdin is larger than {MAX_DOCKERFILE >> 20} MiB"
