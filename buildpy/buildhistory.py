@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from buildpy import errors
 from buildpy.errors import UsageError
-from buildpy.humanize import ago
+from buildpy.humanize import ago, print_table
 
 if TYPE_CHECKING:  # the parser imports this module: it stays cheap to import
     import sqlite3
@@ -202,7 +202,7 @@ def _list(builds: list[BuildRecord], fmt: str) -> None:
         sys.stdout.write("\n")
         return
     now = time.time()
-    rows = [["BUILD ID", "NAME", "STATUS", "CREATED AT", "DURATION", "CACHED"]]
+    rows: list[list[str]] = []
     for b in builds:
         rows.append(
             [
@@ -214,9 +214,8 @@ def _list(builds: list[BuildRecord], fmt: str) -> None:
                 f"{b.cached}/{b.steps}",
             ]
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    header = ["BUILD ID", "NAME", "STATUS", "CREATED AT", "DURATION", "CACHED"]
+    print_table(header, rows)
 
 
 def _inspect(build: BuildRecord, fmt: str) -> None:
@@ -245,12 +244,8 @@ def _inspect(build: BuildRecord, fmt: str) -> None:
     steps = (build.report or {}).get("buildpy.steps") or []
     if steps:
         print()
-        rows = [["STEP", "STATUS", "TIME"]]
-        rows += [[s["name"], s["status"], f"{s['wall_time']:.2f}s"] for s in steps]
-        widths = [max(len(r[i]) for r in rows) for i in range(3)]
-        for row in rows:
-            cells = zip(row, widths, strict=True)
-            print("   ".join(c.ljust(w) for c, w in cells).rstrip())
+        rows = [[s["name"], s["status"], f"{s['wall_time']:.2f}s"] for s in steps]
+        print_table(["STEP", "STATUS", "TIME"], rows)
 
 
 def _summary(build: BuildRecord) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from buildpy import errors
 from buildpy.errors import UsageError
+from buildpy.humanize import print_table
 from buildpy.lintcmd import build_dockerfile
 from frontend import DockerfileError
 from frontend.outline import Outline, Target, outline, targets
@@ -69,7 +70,9 @@ def call_command(args: argparse.Namespace) -> int:
         json.dump(data, sys.stdout, indent=2)
         sys.stdout.write("\n")
     elif name == "targets":
-        _table(["TARGET", "DESCRIPTION"], [[_label(t), t.description] for t in found])
+        print_table(
+            ["TARGET", "DESCRIPTION"], [[_label(t), t.description] for t in found]
+        )
     else:
         _print_outline(found)
     return errors.EXIT_OK
@@ -86,18 +89,11 @@ def _print_outline(found: Outline) -> None:
     if found.args:
         print()
         rows = [[a.name, a.value or "", a.description] for a in found.args]
-        _table(["BUILD ARG", "VALUE", "DESCRIPTION"], rows)
+        print_table(["BUILD ARG", "VALUE", "DESCRIPTION"], rows)
     for title, uses in (("SECRET", found.secrets), ("SSH", found.ssh)):
         if uses:
             print()
-            _table([title, "REQUIRED"], [[i, str(r).lower()] for i, r in uses])
-
-
-def _table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=True)]
-        print("   ".join(cells).rstrip())
+            print_table([title, "REQUIRED"], [[i, str(r).lower()] for i, r in uses])
 
 
 __all__ = ["CALLS", "call_command", "parse_call"]

@@ -24,7 +24,7 @@ from buildpy.cli import print_json
 from buildpy.engine import Engine, host_platform
 from buildpy.errors import InfraError, UsageError
 from buildpy.exporters import Output, _timestamp, check_stdout
-from buildpy.humanize import ago
+from buildpy.humanize import ago, print_table
 from buildpy.mounts import SecretSource, SSHSource
 from buildpy.progress import Display, error_block, make_display
 from buildpy.stdinput import build_input, uses_stdin
@@ -343,10 +343,7 @@ def images(root: Path | None) -> int:
             rows.append(
                 (repo, tag, image_id, ago(time.time() - record.created), _human(size))
             )
-    header = ("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
-    for row in [header, *rows]:
-        print("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print_table(("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"), rows)
     return errors.EXIT_OK
 
 

@@ -174,10 +174,9 @@ def history(args: argparse.Namespace, root: Path | None) -> int:
         for row in rows:
             print(row[0])
         return errors.EXIT_OK
-    header = ["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
-    for row in [header, *rows]:
-        print("   ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    from buildpy.humanize import print_table
+
+    print_table(["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"], rows)
     return errors.EXIT_OK
 
 
