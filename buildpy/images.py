@@ -25,13 +25,13 @@ from buildpy.errors import ImageNotFound, UsageError
 from snapshotter.content import ContentStore
 
 MEDIA_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-_FULL_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 MEDIA_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_LAYER = "application/vnd.oci.image.layer.v1.tar"
 MEDIA_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 MEDIA_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
 LAYER_MEDIA = {"none": MEDIA_LAYER, "gzip": MEDIA_LAYER_GZIP, "zstd": MEDIA_LAYER_ZSTD}
+_FULL_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 
 # A reference's name part, as the distribution spec allows it (lower case path
 # components separated by / with an optional registry host:port first).
