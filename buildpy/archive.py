@@ -289,9 +289,8 @@ def load_layout_image(engine: Engine, path: Path, pick: str = "") -> str:
             raise ArchiveError(
                 f"{label}: holds {len(chosen)} images where {what} was asked for"
             )
-        digest = chosen[0]["digest"]
-        if chosen[0].get("mediaType") in INDEX_TYPES:
-            digest = _oci_entries(archive, {"manifests": chosen})[0][0]
+        # A nested index gives the host platform's manifest, as load takes it.
+        digest, _names = _oci_entries(archive, {"manifests": chosen})[0]
         return _load_manifest(engine, archive, digest)
 
 
